@@ -1,0 +1,47 @@
+"""The ``nsup`` command line: one argparse sub-command per module.
+
+Each command lives in its own ``nsup/_cmd_<name>.py`` module that exposes
+``register(subparsers)``; the parser it adds carries ``run(args) -> int`` as
+its ``func`` default.  This module only wires them together and maps errors to
+exit codes: 2 for bad usage or an invalid policy, as the spec says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from . import _cmd_check, _cmd_exec
+from ._errors import NsupError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+_COMMANDS = (_cmd_exec, _cmd_check)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser for every ``nsup`` sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="nsup",
+        description="Supervise Linux processes in fresh namespaces.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _COMMANDS:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``nsup`` with *argv* (default ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except NsupError as exc:
+        print(f"nsup: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's own error line
+        return 2
+    return code

@@ -1,0 +1,49 @@
+"""nsup's exception hierarchy.
+
+Every error nsup raises on purpose is an :class:`NsupError`, and each subclass
+also inherits the builtin it refines, so ``except ValueError`` keeps working for
+code that does not know about nsup.  Messages are lower-case, quote values with
+``!r`` and say what to change.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["NsupError", "PolicyError", "SpawnError"]
+
+
+class NsupError(Exception):
+    """The root of every error nsup raises on purpose."""
+
+
+class SpawnError(NsupError, OSError):
+    """A child could not be started; ``errno``, ``stage`` and the message say why.
+
+    ``stage`` names the step that failed (``"clone3"``, ``"uid_map"``,
+    ``"mount /proc"``, ``"exec"``, ...), so callers can tell a missing
+    executable from a namespace the kernel refused.
+    """
+
+    def __init__(self, errno: int, message: str, stage: str) -> None:
+        super().__init__(errno, message)
+        self.stage = stage
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class PolicyError(NsupError, ValueError):
+    """A policy (or an argument in the policy's shape) is invalid.
+
+    ``errors`` holds every problem found, each a :class:`PolicyIssue`-like
+    object with ``source``, ``key``, ``line`` and ``message``; ``str()`` of the
+    exception lists them all, one per line.
+    """
+
+    def __init__(self, errors: Sequence[object]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
