@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["NsupError", "PolicyError", "SpawnError"]
+__all__ = ["NsupError", "PolicyError", "SpawnError", "SpecError"]
 
 
 class NsupError(Exception):
@@ -47,3 +47,7 @@ class PolicyError(NsupError, ValueError):
     def __init__(self, errors: Sequence[object]) -> None:
         self.errors = tuple(errors)
         super().__init__("\n".join(str(e) for e in self.errors))
+
+
+class SpecError(NsupError, ValueError):
+    """A :class:`nsup.ProcessSpec` argument is invalid; the message says which and why."""

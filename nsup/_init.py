@@ -1,0 +1,104 @@
+"""nsup's PID-1 init: a small synchronous loop, as tini and bubblewrap's do_init.
+
+It runs inside the child's new PID namespace as PID 1, in a process cloned
+from the zygote (so plain Python is safe here: no other thread exists).  It
+
+1. starts the command with ``posix_spawn`` (a vfork: cheap, and the command
+   starts with an empty signal mask and default dispositions);
+2. reports ``S<pid>`` on the report pipe, so the supervisor knows the exec
+   worked, or ``E<stage>:<errno>`` and exits 127 if it did not;
+3. takes every signal synchronously (all are blocked, inherited from the
+   zygote) with ``sigwaitinfo``: SIGCHLD reaps with ``waitpid(-1, WNOHANG)``
+   until nothing is left, other signals are forwarded to the command;
+4. when the command exits, writes ``X<wait status>`` so the supervisor can
+   report a death by signal exactly, and exits with the command's code, or
+   128+N for signal N (PID 1 cannot kill itself by a signal).  The kernel then
+   kills whatever is left in the namespace.
+
+A signal the terminal sent to the whole foreground process group (si_code
+``SI_KERNEL``) already reached the command too when it shares init's process
+group (the command always does: a new session, when asked for, is made
+for init before it starts), so it is not forwarded a second time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import NoReturn
+
+__all__ = ["FORWARD_NEVER", "run_init"]
+
+SI_KERNEL = 0x80
+_MAX_FD = 1 << 20  # above any RLIMIT_NOFILE; closerange uses close_range(2)
+
+# Never forwarded: SIGCHLD is ours; the synchronous faults cannot arrive
+# blocked in any meaningful way; KILL and STOP cannot be caught at all.
+FORWARD_NEVER = frozenset(
+    {
+        signal.SIGCHLD,
+        signal.SIGKILL,
+        signal.SIGSTOP,
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGILL,
+        signal.SIGFPE,
+        signal.SIGTRAP,
+        signal.SIGSYS,
+    }
+)
+
+
+def exit_code(wait_status: int) -> int:
+    """The shell's rule: the exit code, or 128+N for death by signal N."""
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return os.waitstatus_to_exitcode(wait_status)
+
+
+def _reap(main_pid: int) -> int | None:
+    """Reap every zombie now present; return the main child's status if reaped."""
+    status = None
+    while True:
+        try:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return status
+        if pid == 0:
+            return status
+        if pid == main_pid:
+            status = wait_status
+
+
+def run_init(
+    path: str,
+    argv: list[str],
+    env: dict[str, str],
+    report_fd: int,
+) -> NoReturn:
+    """Be PID 1: spawn *path* with *argv* and *env*, forward signals, reap, exit.
+
+    Once the command runs, init closes every descriptor but 0, 1, 2 and
+    *report_fd*: what the command was given is the command's alone.
+    """
+    try:
+        pid = os.posix_spawn(path, argv, env, setsigmask=())
+    except OSError as exc:
+        os.write(report_fd, b"Eexec:%d\n" % (exc.errno or 0))
+        os._exit(127)
+    os.write(report_fd, b"S%d\n" % pid)
+    os.closerange(3, report_fd)
+    os.closerange(report_fd + 1, _MAX_FD)
+    signals = signal.valid_signals()
+    status: int | None = None
+    while status is None:
+        info = signal.sigwaitinfo(signals)
+        signo = info.si_signo
+        if signo == signal.SIGCHLD:
+            status = _reap(pid)
+        elif signo not in FORWARD_NEVER and info.si_code != SI_KERNEL:
+            # The command is our unreaped child, so its pid cannot be recycled.
+            os.kill(pid, signo)
+    _reap(pid)
+    os.write(report_fd, b"X%d\n" % status)
+    os._exit(exit_code(status))

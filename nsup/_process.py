@@ -1,0 +1,341 @@
+"""``Process``, ``start_process`` and ``spawn``: a child held by its pidfd.
+
+Every signal goes through ``pidfd_send_signal`` and every wait through the
+pidfd (``trio.lowlevel.wait_readable``, then ``waitid(P_PIDFD)``), so a
+recycled pid can never be hit and nothing polls.  Children are made with
+``CLONE_PARENT`` and ``exit_signal = 0``: they send no SIGCHLD and a plain
+``waitpid(-1)`` elsewhere in the program cannot steal them (it would need
+``__WALL``).
+
+The report pipe: the child holds the close-on-exec write end.  EOF means the
+exec worked; ``E<stage>:<errno>`` means a stage failed before exec (the child
+then exits 127); with nsup's init, ``S<pid>`` means the command runs and, at
+the end, ``X<wait status>`` gives the command's own status, so a death by
+signal inside is reported as such even though PID 1 itself can only exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import warnings
+from contextlib import ExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any, NoReturn, final
+
+import trio
+
+from . import _sys
+from ._exitstatus import ExitStatus
+from ._namespaces import CLONE_FLAGS
+from ._spawn_errors import spawn_error
+from ._zygote_client import get_zygote
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from ._spec import ProcessSpec
+
+__all__ = ["Process", "spawn", "start_process"]
+
+
+class _NoPublicConstructor(type):
+    """Metaclass for handles that only nsup may create (``Cls._create()``)."""
+
+    def __call__(cls, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no public constructor; use nsup.spawn()")
+
+    def _create(cls, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(*args, **kwargs)
+
+
+@final
+class Process(metaclass=_NoPublicConstructor):
+    """A running child, held by its pidfd.  Made only by :func:`nsup.spawn`.
+
+    Attributes:
+        pid: the child's pid in the supervisor's PID namespace (with nsup's
+            init, that is the init; the command is its child).
+        pidfd: the pidfd; valid until the handle is closed.
+        spec: the :class:`nsup.ProcessSpec` it was started from.
+        command_pid: with nsup's init, the command's pid inside the child's
+            PID namespace (usually 2); otherwise None.
+        stdin, stdout, stderr: trio streams for ``"pipe"`` stdio, else None.
+        status: the :class:`nsup.ExitStatus` once reaped, else None.
+    """
+
+    def __init__(self, spec: ProcessSpec, pid: int, pidfd: int, report_fd: int) -> None:
+        self.spec = spec
+        self.pid = pid
+        self.pidfd = pidfd
+        self.command_pid: int | None = None
+        self.stdin: trio.lowlevel.FdStream | None = None
+        self.stdout: trio.lowlevel.FdStream | None = None
+        self.stderr: trio.lowlevel.FdStream | None = None
+        self.status: ExitStatus | None = None
+        self._report_fd = report_fd
+        self._report = b""
+        self._wait_lock = trio.Lock()
+
+    def __repr__(self) -> str:
+        """Show the pid, the command and where it stands."""
+        state = "running" if self.status is None else str(self.status)
+        return f"<nsup.Process {self.pid} {list(self.spec.argv)!r}: {state}>"
+
+    def send_signal(self, sig: int) -> None:
+        """Send *sig* through the pidfd; a no-op once the child has been reaped.
+
+        With nsup's init the signal goes to the init, which forwards it to the
+        command (SIGKILL cannot be forwarded: it ends the whole namespace).
+        """
+        if self.status is not None:
+            return
+        try:
+            signal.pidfd_send_signal(self.pidfd, sig)
+        except ProcessLookupError:
+            pass  # exited, not yet reaped: the wait will tell
+
+    def kill(self) -> None:
+        """Send SIGKILL: with a PID namespace, everything in it dies."""
+        self.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> ExitStatus:
+        """Wait until the child exits, reap it, and return how it ended.
+
+        Always a checkpoint.  Cancelling a wait is harmless: the next one picks
+        up where it left off.
+        """
+        async with self._wait_lock:
+            if self.status is None:
+                await trio.lowlevel.wait_readable(self.pidfd)
+                self._reap()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        assert self.status is not None  # noqa: S101 - set by _reap
+        return self.status
+
+    def poll(self) -> ExitStatus | None:
+        """Reap the child if it has exited, without blocking; return its status or None."""
+        if self.status is None:
+            info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG | _sys.WALL)
+            if info is not None:
+                self._record(info)
+        return self.status
+
+    def _reap(self) -> None:
+        info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | _sys.WALL)
+        assert info is not None  # noqa: S101 - blocking waitid always returns a result
+        self._record(info)
+
+    def _record(self, info: os.waitid_result) -> None:
+        status = ExitStatus.from_siginfo(info.si_code, info.si_status)
+        if self._report_fd >= 0:
+            self._read_report()
+            for line in self._report.split(b"\n"):
+                if line.startswith(b"X"):
+                    status = ExitStatus.from_wait_status(int(line[1:]))
+        self.status = status
+
+    def _read_report(self) -> bool:
+        """Read what the report pipe holds; return True at EOF."""
+        while True:
+            try:
+                chunk = os.read(self._report_fd, 4096)
+            except BlockingIOError:
+                return False
+            if not chunk:
+                return True
+            self._report += chunk
+
+    async def terminate(self, timeout: float | None = None) -> ExitStatus:
+        """Stop the child: the spec's stop signal, then SIGKILL after *timeout*.
+
+        *timeout* defaults to the spec's ``stop_timeout``.  Returns as soon as
+        the child is reaped.  Shielded from cancellation, so it always finishes.
+        """
+        timeout = self.spec.stop_timeout if timeout is None else timeout
+        with trio.CancelScope(shield=True):
+            if self.status is None:
+                self.send_signal(self.spec.stop_signal)
+                with trio.move_on_after(timeout) as scope:
+                    await self.wait()
+                if scope.cancelled_caught:
+                    warnings.warn(
+                        f"nsup: {self!r} ignored {self.spec.stop_signal.name} for {timeout} "
+                        "seconds; sending SIGKILL",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    self.kill()
+            return await self.wait()
+
+    async def aclose(self) -> None:
+        """Stop the child if it still runs, reap it, and close every descriptor."""
+        try:
+            await self.terminate()
+        finally:
+            for stream in (self.stdin, self.stdout, self.stderr):
+                if stream is not None:
+                    await stream.aclose()
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        for attr in ("pidfd", "_report_fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                trio.lowlevel.notify_closing(fd)
+                os.close(fd)
+                setattr(self, attr, -1)
+
+
+def _stdio_fds(spec: ProcessSpec, stack: ExitStack) -> tuple[list[int], list[tuple[str, int]]]:
+    """Return the child's fds 0-2 and our ends of any pipes as (attr, fd)."""
+    child: list[int] = []
+    ours: list[tuple[str, int]] = []
+    for number, (attr, mode) in enumerate(
+        (("stdin", spec.stdin), ("stdout", spec.stdout), ("stderr", spec.stderr))
+    ):
+        if mode == "inherit":
+            child.append(number)
+        elif mode == "null":
+            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            stack.callback(os.close, fd)
+            child.append(fd)
+        elif mode == "pipe":
+            r, w = os.pipe()
+            theirs, mine = (r, w) if number == 0 else (w, r)
+            stack.callback(os.close, theirs)
+            ours.append((attr, mine))
+            child.append(theirs)
+        else:
+            assert isinstance(mode, int)  # noqa: S101 - the spec's converter allows nothing else
+            child.append(mode)
+    return child, ours
+
+
+def _id_map_text(rows: tuple[tuple[int, int, int], ...] | None, default: int) -> str:
+    rows = rows or ((0, default, 1),)
+    return "".join(f"{inside} {outside} {count}\n" for inside, outside, count in rows)
+
+
+def _request(spec: ProcessSpec, targets: list[int]) -> dict[str, Any]:
+    flags = 0
+    for name in spec.namespaces:
+        flags |= CLONE_FLAGS[name]
+    mounts = [
+        (m.type, m.target, m.source, m.readonly, _mount_data(m.size, m.mode)) for m in spec.mounts
+    ]
+    if "pid" in spec.namespaces and "mount" in spec.namespaces:
+        mounts.append(("proc", "/proc", None, False, ""))
+    return {
+        "argv": list(spec.argv),
+        "env": dict(os.environ if spec.env is None else spec.env),
+        "flags": flags,
+        "init": spec.has_init,
+        "hostname": spec.hostname,
+        "cwd": spec.cwd,
+        "setsid": spec.new_session,
+        "mounts": mounts,
+        "fd_targets": targets,
+        "uid_map": _id_map_text(spec.uid_map, os.getuid()),
+        "gid_map": _id_map_text(spec.gid_map, os.getgid()),
+        "setgroups_deny": os.geteuid() != 0,
+        "cgroup": -1,
+    }
+
+
+def _mount_data(size: int | None, mode: int | None) -> str:
+    parts = [f"size={size}"] if size is not None else []
+    if mode is not None:
+        parts.append(f"mode={mode:o}")
+    return ",".join(parts)
+
+
+async def _read_until_started(proc: Process) -> tuple[str, int] | None:
+    """Wait for the child's verdict on exec: None if it runs, else (stage, errno)."""
+    while True:
+        eof = proc._read_report()  # noqa: SLF001 - same module's private state
+        for line in proc._report.split(b"\n"):  # noqa: SLF001
+            if line.startswith(b"E"):
+                stage, _, err = line[1:].decode().rpartition(":")
+                return stage, int(err)
+            if line.startswith(b"S"):
+                proc.command_pid = int(line[1:])
+                return None
+        if eof:
+            if proc.spec.has_init:
+                return "init", 0  # init died before it could start the command
+            return None
+        await trio.lowlevel.wait_readable(proc._report_fd)  # noqa: SLF001
+
+
+async def start_process(spec: ProcessSpec) -> Process:
+    """Start *spec* and return its :class:`Process` once the command has been exec'd.
+
+    The low-level form of :func:`spawn`: the caller owns the result and must
+    ``await proc.aclose()`` it.
+
+    Raises:
+        nsup.SpawnError: a namespace, mount, exec or other stage failed; the
+            child (if any) has been reaped and nothing is left running.
+    """
+    zygote = get_zygote()
+    with ExitStack() as cleanup_on_fail, ExitStack() as child_ends:
+        report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        cleanup_on_fail.callback(os.close, report_r)
+        child_ends.callback(os.close, report_w)
+        stdio, ours = _stdio_fds(spec, child_ends)
+        for _attr, fd in ours:
+            cleanup_on_fail.callback(os.close, fd)
+        targets = [0, 1, 2, *spec.pass_fds]
+        request = _request(spec, targets)
+        fds = [report_w, *stdio, *spec.pass_fds.values()]
+        pid, err, message, pidfd = await zygote.clone(request, fds)
+        child_ends.close()  # only the child holds them now
+        if pid <= 0:
+            raise spawn_error(spec, "clone3", err, request["flags"], message)
+        cleanup_on_fail.pop_all()
+        proc = Process._create(spec, pid, pidfd, report_r)  # type: ignore[attr-defined]  # metaclass method
+    for attr, fd in ours:
+        setattr(proc, attr, trio.lowlevel.FdStream(fd))  # the stream owns fd now
+    try:
+        failure = (err and ("uid_map", err)) or await _read_until_started(proc)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            proc.kill()
+            await proc.aclose()
+        raise
+    if failure is not None:
+        with trio.CancelScope(shield=True):
+            proc.kill()
+            await proc.aclose()
+        stage, errno = failure
+        raise spawn_error(spec, stage, errno, request["flags"], message)
+    if not spec.has_init:
+        os.close(proc._report_fd)  # noqa: SLF001 - EOF seen; nothing more will come
+        proc._report_fd = -1  # noqa: SLF001
+    return proc
+
+
+@asynccontextmanager
+async def spawn(spec: ProcessSpec) -> AsyncIterator[Process]:
+    """Start *spec* and yield its :class:`Process`; stop and reap it on the way out.
+
+    Leaving the block, an exception or a cancellation stops the child with
+    ``spec.stop_signal``, then SIGKILL after ``spec.stop_timeout``, and waits
+    until it is reaped: nothing is ever left behind.
+
+    Example::
+
+        spec = nsup.ProcessSpec(argv=["sleep", "10"], namespaces={"pid", "net"})
+        async with nsup.spawn(spec) as proc:
+            proc.send_signal(signal.SIGTERM)
+            status = await proc.wait()   # ExitStatus(code=None, signal=15)
+
+    Raises:
+        nsup.SpawnError: the child could not be started (see ``start_process``).
+    """
+    proc = await start_process(spec)
+    try:
+        yield proc
+    finally:
+        with trio.CancelScope(shield=True):
+            await proc.aclose()

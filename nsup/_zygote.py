@@ -1,0 +1,132 @@
+"""The zygote: a small single-threaded process that clones every child.
+
+Why a zygote
+------------
+A trio program has threads, and after a fork or clone of a multithreaded
+process only async-signal-safe work is safe in the child: a lock another
+thread held at clone time (malloc's, the GIL's, the import lock) stays held
+for ever.  Namespace set-up (mounts, hostname, uid maps, loopback) is real
+work, and exec'ing a helper per child costs 10 ms of interpreter start-up.
+
+So each supervising thread starts one zygote, once, with a plain
+``subprocess.Popen`` (CPython's safe fork-exec) from that very thread.  It runs
+``python -I -S`` with only this module, ``_child``, ``_init``, ``_sys`` and
+``_namespaces`` loaded (never trio, never a thread), blocks every signal, and
+waits on a ``SOCK_SEQPACKET`` socket.  For each request it calls ``clone3``
+with ``CLONE_PARENT | CLONE_PIDFD`` and the namespace flags: the new process is
+the *supervisor's* child, not the zygote's, so the supervisor waits for it
+through the pidfd it gets back over ``SCM_RIGHTS``.  The child runs plain
+Python safely (no other thread exists in the zygote), sets itself up, and
+execs the command or becomes its PID-1 init.
+
+``PR_SET_PDEATHSIG`` fires when the parent *thread* exits.  Children made
+with ``CLONE_PARENT`` count the thread that started the zygote as their
+parent, which is why the zygote is started from the thread that runs
+``trio.run``, not from a worker thread that trio may retire.
+
+Wire format: a request is one ``marshal``-encoded dict plus descriptors
+(``[report pipe, stdio and passed sources..., cgroup dir?]``); the reply is a
+``marshal``-encoded ``(pid, errno, message)`` plus the pidfd when ``pid > 0``.
+"""
+
+from __future__ import annotations
+
+import gc
+import marshal
+import os
+import signal
+import socket
+from typing import Any
+
+from . import _child, _sys
+from ._namespaces import CLONE_FLAGS
+
+__all__ = ["main"]
+
+_MAX_REQUEST = 1 << 20
+_MAX_FDS = 250  # SCM_RIGHTS carries at most 253 per message
+
+
+def _prepare_signals() -> None:
+    """Default every disposition the supervisor may have left us, then block all.
+
+    Ignored signals survive both clone and execve, so a supervisor started
+    under ``nohup`` (SIGHUP ignored) or by Python (SIGPIPE ignored) would
+    otherwise pass that on to every command.
+    """
+    for signo in signal.valid_signals():
+        if signo in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(signo, signal.SIG_DFL)
+        except (OSError, ValueError):  # signals the kernel reserves (32, 33)
+            pass
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+
+
+def _write_maps(pid: int, req: dict[str, Any]) -> None:
+    if req["setgroups_deny"]:
+        with open(f"/proc/{pid}/setgroups", "w") as f:
+            f.write("deny")
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/{pid}/{name}", "w") as f:
+            f.write(req[name])
+
+
+def _spawn(req: dict[str, Any], fds: list[int], supervisor_pidfd: int, clear: int) -> tuple[Any, int]:
+    flags: int = req["flags"]
+    cgroup_fd = fds[req["cgroup"]] if req["cgroup"] >= 0 else -1
+    sync_r = sync_w = -1
+    if flags & CLONE_FLAGS["user"]:
+        sync_r, sync_w = os.pipe()
+    try:
+        pid, pidfd = _sys.clone3(flags | _sys.CLONE_PARENT | clear, cgroup_fd=cgroup_fd)
+    except OSError as exc:
+        for fd in (sync_r, sync_w):
+            if fd >= 0:
+                os.close(fd)
+        return (0, exc.errno or 0, str(exc.strerror)), -1
+    if pid == 0:
+        gc.disable()  # keep init's pages shared with the zygote's
+        if sync_w >= 0:
+            os.close(sync_w)
+        _child.child_main(req, fds, supervisor_pidfd, sync_r)
+    if sync_r < 0:
+        return (pid, 0, ""), pidfd
+    os.close(sync_r)
+    try:
+        _write_maps(pid, req)
+        os.write(sync_w, b"1")
+    except OSError as exc:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return (pid, exc.errno or 0, f"writing uid/gid maps of pid {pid}: {exc.strerror}"), pidfd
+    finally:
+        os.close(sync_w)
+    return (pid, 0, ""), pidfd
+
+
+def main(parent_pid: int, sock_fd: int) -> None:
+    """Serve clone requests from *parent_pid* on *sock_fd* until it closes."""
+    _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        return  # the supervisor died before PDEATHSIG was armed
+    supervisor_pidfd = os.pidfd_open(parent_pid)
+    _prepare_signals()
+    sock = socket.socket(fileno=sock_fd)
+    gc.collect()
+    gc.freeze()  # children share these pages; a gc pass in them must not touch them
+    clear = _sys.CLONE_CLEAR_SIGHAND
+    while True:
+        msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        if not msg:
+            return
+        req = marshal.loads(msg)  # noqa: S302 - our own supervisor, over a private socketpair
+        reply, pidfd = _spawn(req, fds, supervisor_pidfd, clear)
+        if reply[0] == 0 and reply[1] == 22 and clear:  # EINVAL: Linux < 5.5
+            clear = 0
+            reply, pidfd = _spawn(req, fds, supervisor_pidfd, clear)
+        socket.send_fds(sock, [marshal.dumps(reply)], [pidfd] if pidfd >= 0 else [])
+        for fd in fds:
+            os.close(fd)
+        if pidfd >= 0:
+            os.close(pidfd)

@@ -1,0 +1,5 @@
+"""nsup's second tier: building blocks below ``spawn`` and ``open_supervisor``."""
+
+from __future__ import annotations
+
+from ._process import start_process as start_process
