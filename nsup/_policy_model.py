@@ -1,0 +1,279 @@
+"""The policy's data: one frozen attrs class per TOML table.
+
+These classes hold values that are already checked and typed: durations are
+float seconds, sizes int bytes, signals :class:`signal.Signals`, regexes
+compiled.  Build them with :func:`nsup.load_policy` or
+:meth:`nsup.Policy.from_dict`, which validate every key and report every
+problem at once; the defaults here are the defaults documented in
+``docs/policy.md`` (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+import attrs
+
+from ._namespaces import DEFAULT_NAMESPACES
+
+if TYPE_CHECKING:
+    import re
+    from collections.abc import Mapping
+
+    from ._mount import Mount
+
+__all__ = [
+    "RLIMITS",
+    "Backoff",
+    "HealthProbe",
+    "Limits",
+    "PolicyIssue",
+    "Probe",
+    "Service",
+    "Stop",
+    "SupervisorConfig",
+]
+
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+Restart = Literal["always", "on-failure", "never"]
+
+#: Policy name of each rlimit -> the ``resource.RLIMIT_*`` constant.  ``cpu`` in
+#: ``limits`` means cgroup cores, so the CPU-time rlimit is called ``cputime``.
+RLIMITS: Mapping[str, int] = MappingProxyType(
+    {
+        "as": resource.RLIMIT_AS,
+        "core": resource.RLIMIT_CORE,
+        "cputime": resource.RLIMIT_CPU,
+        "data": resource.RLIMIT_DATA,
+        "fsize": resource.RLIMIT_FSIZE,
+        "memlock": resource.RLIMIT_MEMLOCK,
+        "msgqueue": resource.RLIMIT_MSGQUEUE,
+        "nice": resource.RLIMIT_NICE,
+        "nofile": resource.RLIMIT_NOFILE,
+        "nproc": resource.RLIMIT_NPROC,
+        "rss": resource.RLIMIT_RSS,
+        "rtprio": resource.RLIMIT_RTPRIO,
+        "rttime": resource.RLIMIT_RTTIME,
+        "sigpending": resource.RLIMIT_SIGPENDING,
+        "stack": resource.RLIMIT_STACK,
+    }
+)
+
+
+_V = TypeVar("_V")
+
+
+def _frozen_map(value: Mapping[str, _V]) -> Mapping[str, _V]:
+    """Return a read-only copy of *value*, so a frozen model stays frozen."""
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen
+class PolicyIssue:
+    """One problem found in a policy.
+
+    Attributes:
+        source: the file name, or ``"<dict>"`` for :meth:`Policy.from_dict`.
+        key: the dotted key, e.g. ``"services.web.restart"`` or
+            ``"services.web.mounts[1].target"``; ``""`` for the whole document.
+        line: the 1-based line in *source*, when it could be found.
+        message: one sentence saying what was expected and what was found.
+
+    """
+
+    source: str | None
+    key: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        """Return ``source:line: message`` (without the line when unknown)."""
+        where = self.source or "<policy>"
+        if self.line is not None:
+            where = f"{where}:{self.line}"
+        return f"{where}: {self.message}"
+
+    def to_json(self) -> dict[str, object]:
+        """Return the issue as a JSON-ready dict with every attribute."""
+        return {"source": self.source, "line": self.line, "key": self.key, "message": self.message}
+
+
+@attrs.frozen
+class SupervisorConfig:
+    """The ``[supervisor]`` table.
+
+    Attributes:
+        strategy: which services restart when one ends (Erlang/OTP names).
+        max_restarts: restart intensity: more restarts than this ...
+        within: ... within this many seconds make nsup give up (exit 1).
+        control: the control socket path, or ``None`` for the default.
+        health: ``"host:port"`` for the HTTP health endpoint, or ``None``.
+
+    """
+
+    strategy: Strategy = "one_for_one"
+    max_restarts: int = 10
+    within: float = 60.0
+    control: str | None = None
+    health: str | None = None
+
+
+@attrs.frozen
+class Backoff:
+    """Delay before restart *n*: ``initial * factor**(n-1)``, capped at ``max``.
+
+    Attributes:
+        initial: the first delay, in seconds.
+        max: the cap, in seconds.
+        factor: the growth per restart.
+        jitter: spread the delay by up to this fraction either way.
+        reset_after: seconds of uptime after which the count starts over.
+
+    """
+
+    initial: float = 0.1
+    max: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.1
+    reset_after: float = 60.0
+
+
+@attrs.frozen
+class Stop:
+    """How a service is stopped.
+
+    Attributes:
+        signal: sent first.
+        timeout: seconds to wait before SIGKILL to the whole PID namespace.
+
+    """
+
+    signal: signal.Signals = signal.SIGTERM
+    timeout: float = 10.0
+
+
+@attrs.frozen
+class Limits:
+    """Resource limits; ``None`` means "not limited by nsup".
+
+    Attributes:
+        memory: cgroup memory limit, in bytes.
+        pids: cgroup limit on the number of tasks.
+        cpu: cgroup CPU quota, in cores (``0.5`` is half a core).
+        rlimits: rlimit name (a key of :data:`RLIMITS`) -> value, applied as
+            both the soft and the hard limit; ``resource.RLIM_INFINITY`` for
+            ``"unlimited"``.  Sizes are bytes, ``cputime`` seconds, ``rttime``
+            microseconds, the rest counts.
+
+    """
+
+    memory: int | None = None
+    pids: int | None = None
+    cpu: float | None = None
+    rlimits: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_map, hash=False)
+
+    def rlimit_items(self) -> tuple[tuple[int, int], ...]:
+        """Return ``(resource.RLIMIT_*, value)`` pairs, ready for ``setrlimit``."""
+        return tuple((RLIMITS[name], value) for name, value in self.rlimits.items())
+
+
+@attrs.frozen
+class Probe:
+    """A readiness probe: exactly one of ``notify``, ``tcp``, ``exec``, ``log``.
+
+    Attributes:
+        kind: which probe: ``"notify"``, ``"tcp"``, ``"exec"`` or ``"log"``.
+        notify: the service writes ``READY=1`` to ``$NOTIFY_SOCKET``.
+        tcp: ``(host, port)`` to connect to, in the service's network namespace.
+        exec: a command that exits 0 when the service is ready.
+        log: a pattern that a line of the service's output matches.
+        timeout: seconds before the probe counts as failed.
+
+    """
+
+    kind: Literal["notify", "tcp", "exec", "log"]
+    notify: bool = False
+    tcp: tuple[str, int] | None = None
+    exec: tuple[str, ...] | None = None
+    log: re.Pattern[str] | None = None
+    timeout: float = 60.0
+
+
+@attrs.frozen
+class HealthProbe:
+    """A health probe: one of ``tcp``, ``exec``, ``log``, run every ``interval``.
+
+    Attributes:
+        kind: which probe: ``"tcp"``, ``"exec"`` or ``"log"``.
+        tcp: ``(host, port)`` to connect to.
+        exec: a command that exits 0 while the service is healthy.
+        log: a pattern that a line of output must match at least once per
+            ``interval``.
+        interval: seconds between probes.
+        timeout: seconds before one probe counts as failed.
+        retries: this many consecutive failures restart the service.
+
+    """
+
+    kind: Literal["tcp", "exec", "log"]
+    tcp: tuple[str, int] | None = None
+    exec: tuple[str, ...] | None = None
+    log: re.Pattern[str] | None = None
+    interval: float = 10.0
+    timeout: float = 5.0
+    retries: int = 3
+
+
+IdMap = tuple[tuple[int, int, int], ...]
+
+
+@attrs.frozen
+class Service:
+    """One ``[services.NAME]`` table, with ``[defaults]`` merged under it.
+
+    Attributes:
+        command: argv; ``command[0]`` is looked up on ``PATH``.
+        depends_on: names of services that must be ready before this starts.
+        restart: ``"always"``, ``"on-failure"`` or ``"never"``.
+        backoff: restart delays.
+        namespaces: new namespaces to create (see :data:`nsup._namespaces.NAMESPACES`).
+        init: run nsup's init as PID 1 (only with a ``pid`` namespace).
+        hostname: the hostname in the new ``uts`` namespace, or ``None``.
+        env: variables added to nsup's own environment.
+        cwd: working directory, or ``None`` for nsup's.
+        stop: how to stop it.
+        limits: resource limits.
+        ready: readiness probe, or ``None`` (ready once started).
+        health: health probe, or ``None``.
+        instances: how many copies to run.
+        stdout: ``"inherit"``, ``"null"`` or an absolute file path (appended).
+        stderr: same as ``stdout``.
+        mounts: mounts made in the new mount namespace, in order.
+        uid_map: ``(inside, outside, count)`` lines for ``/proc/PID/uid_map``;
+            empty means "the caller's uid is 0 inside" (with ``user``).
+        gid_map: same for gids.
+
+    """
+
+    command: tuple[str, ...]
+    depends_on: tuple[str, ...] = ()
+    restart: Restart = "on-failure"
+    backoff: Backoff = Backoff()
+    namespaces: frozenset[str] = DEFAULT_NAMESPACES
+    init: bool = True
+    hostname: str | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map, hash=False)
+    cwd: str | None = None
+    stop: Stop = Stop()
+    limits: Limits = Limits()
+    ready: Probe | None = None
+    health: HealthProbe | None = None
+    instances: int = 1
+    stdout: str = "inherit"
+    stderr: str = "inherit"
+    mounts: tuple[Mount, ...] = ()
+    uid_map: IdMap = ()
+    gid_map: IdMap = ()

@@ -1,0 +1,605 @@
+"""Validators for policy values: check one raw TOML value, return it typed.
+
+Each validator is a small private callable attrs class made by a public
+factory (``one_of("always", "never")``, ``duration(positive=True)``), as in
+``attrs.validators``: that gives each a readable ``repr`` and makes the schema
+tables in :mod:`nsup._policy_schema` plain data.  A validator is called as
+``validator(key, value)`` with the dotted key of the value, and either returns
+the typed value or raises :class:`Invalid`.
+
+:class:`Invalid` carries ``(key, message)`` pairs rather than one message, so
+a table validator can report every bad key inside it at once.  Messages follow
+one template, ``'<key>' must be <expected> (got <value>)``, where the value is
+shown as the user wrote it (``true``, not ``True``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import shlex
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+from ._namespaces import NAMESPACES, check_namespaces
+from ._units import DURATION_FORMS, SIZE_FORMS, parse_duration, parse_size
+
+__all__ = [
+    "Invalid",
+    "Validator",
+    "absolute_path",
+    "boolean",
+    "check_table",
+    "command",
+    "did_you_mean",
+    "duration",
+    "env_table",
+    "file_mode",
+    "host_port",
+    "id_map",
+    "integer",
+    "key_join",
+    "namespaces",
+    "number",
+    "one_of",
+    "regex",
+    "show",
+    "signal_",
+    "size",
+    "string",
+    "string_list",
+    "unknown_key_hint",
+]
+
+T = TypeVar("T")
+Validator = Callable[[str, object], Any]
+Problem = tuple[str, str]
+
+
+class Invalid(Exception):  # noqa: N818 - internal signal, not an error users see
+    """One or more problems, as ``(dotted key, message)`` pairs."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        super().__init__(problems)
+        self.problems = list(problems)
+
+    @classmethod
+    def at(cls, key: str, message: str) -> Invalid:
+        """Return an :class:`Invalid` holding one problem."""
+        return cls([(key, message)])
+
+
+def show(value: object) -> str:
+    """Return *value* as a user wrote it in TOML where that differs from ``repr``."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return repr(value)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def key_join(*parts: str) -> str:
+    """Join key parts into a dotted key, quoting parts that TOML would quote."""
+    out = []
+    for part in parts:
+        if _BARE_KEY.fullmatch(part):
+            out.append(part)
+        else:
+            escaped = part.replace("\\", "\\\\").replace('"', '\\"')
+            out.append(f'"{escaped}"')
+    return ".".join(out)
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest choice, or ``""``."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def unknown_key_hint(word: str, choices: Sequence[str]) -> str:
+    """Return a did-you-mean for *word*, or else the list of known keys."""
+    return did_you_mean(word, choices) or f"; known keys are {_quote_list(choices, 'and')}"
+
+
+def _quote_list(choices: Sequence[str], last: str = "or") -> str:
+    quoted = [repr(c) for c in choices]
+    if len(quoted) == 1:
+        return quoted[0]
+    return f"{', '.join(quoted[:-1])} {last} {quoted[-1]}"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_minimum(key: str, value: float, minimum: float | None, *, exclusive: bool) -> None:
+    if minimum is None:
+        return
+    if exclusive and value <= minimum:
+        if minimum == 0:
+            raise Invalid.at(key, f"{key!r} must be positive (got {show(value)})")
+        raise Invalid.at(key, f"{key!r} must be more than {minimum} (got {show(value)})")
+    if not exclusive and value < minimum:
+        if minimum == 0:
+            raise Invalid.at(key, f"{key!r} must not be negative (got {show(value)})")
+        if minimum == 1 and _is_int(value):
+            raise Invalid.at(key, f"{key!r} must be positive (got {show(value)})")
+        raise Invalid.at(key, f"{key!r} must be at least {minimum} (got {show(value)})")
+
+
+def _no_nul(key: str, value: str) -> str:
+    if "\0" in value:
+        raise Invalid.at(key, f"{key!r} must not contain a NUL character (got {value!r})")
+    return value
+
+
+@attrs.frozen
+class _BooleanValidator:
+    def __call__(self, key: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            raise Invalid.at(key, f"{key!r} must be true or false (got {show(value)})")
+        return value
+
+
+def boolean() -> Validator:
+    """Return a validator for ``true``/``false``."""
+    return _BooleanValidator()
+
+
+@attrs.frozen
+class _IntegerValidator:
+    minimum: int | None
+    maximum: int | None
+
+    def __call__(self, key: str, value: object) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise Invalid.at(key, f"{key!r} must be an integer (got {show(value)})")
+        _check_minimum(key, value, self.minimum, exclusive=False)
+        if self.maximum is not None and value > self.maximum:
+            raise Invalid.at(key, f"{key!r} must be at most {self.maximum} (got {value})")
+        return value
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Validator:
+    """Return a validator for an integer (not a bool) within the bounds."""
+    return _IntegerValidator(minimum, maximum)
+
+
+@attrs.frozen
+class _NumberValidator:
+    minimum: float | None
+    maximum: float | None
+    exclusive_minimum: bool
+
+    def __call__(self, key: str, value: object) -> float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise Invalid.at(key, f"{key!r} must be a number (got {show(value)})")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise Invalid.at(key, f"{key!r} must be a finite number (got {show(value)})")
+        _check_minimum(key, number, self.minimum, exclusive=self.exclusive_minimum)
+        if self.maximum is not None and number > self.maximum:
+            raise Invalid.at(key, f"{key!r} must be at most {self.maximum} (got {show(value)})")
+        return number
+
+
+def number(
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    exclusive_minimum: bool = False,
+) -> Validator:
+    """Return a validator for a finite int or float, returned as a float."""
+    return _NumberValidator(minimum, maximum, exclusive_minimum)
+
+
+@attrs.frozen
+class _DurationValidator:
+    positive: bool
+
+    def __call__(self, key: str, value: object) -> float:
+        if _is_number(value):
+            _NumberValidator(0.0, None, self.positive)(key, value)
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            raise Invalid.at(key, f"{key!r} must be {DURATION_FORMS} (got {show(value)})") from None
+        if self.positive and seconds == 0:
+            raise Invalid.at(key, f"{key!r} must be positive (got {show(value)})")
+        return seconds
+
+
+def duration(*, positive: bool = True) -> Validator:
+    """Return a validator for a duration, returned in float seconds.
+
+    Args:
+        positive: refuse zero as well as negative durations.
+
+    Returns:
+        The validator.
+
+    """
+    return _DurationValidator(positive)
+
+
+@attrs.frozen
+class _SizeValidator:
+    positive: bool
+
+    def __call__(self, key: str, value: object) -> int:
+        if _is_number(value):
+            _NumberValidator(0.0, None, self.positive)(key, value)
+        try:
+            result = parse_size(value)
+        except ValueError:
+            raise Invalid.at(key, f"{key!r} must be {SIZE_FORMS} (got {show(value)})") from None
+        if self.positive and result == 0:
+            raise Invalid.at(key, f"{key!r} must be positive (got {show(value)})")
+        return result
+
+
+def size(*, positive: bool = True) -> Validator:
+    """Return a validator for a size, returned in int bytes."""
+    return _SizeValidator(positive)
+
+
+@attrs.frozen
+class _StringValidator:
+    max_length: int | None
+
+    def __call__(self, key: str, value: object) -> str:
+        if not isinstance(value, str):
+            raise Invalid.at(key, f"{key!r} must be a string (got {show(value)})")
+        if not value:
+            raise Invalid.at(key, f"{key!r} must not be empty")
+        if self.max_length is not None and len(value.encode(errors="surrogatepass")) > (
+            self.max_length
+        ):
+            raise Invalid.at(
+                key, f"{key!r} must be at most {self.max_length} bytes long (got {value!r})"
+            )
+        return _no_nul(key, value)
+
+
+def string(max_length: int | None = None) -> Validator:
+    """Return a validator for a non-empty string without NUL characters."""
+    return _StringValidator(max_length)
+
+
+@attrs.frozen
+class _AbsolutePathValidator:
+    choices: tuple[str, ...]
+
+    def __call__(self, key: str, value: object) -> str:
+        if isinstance(value, str) and value in self.choices:
+            return value
+        if not isinstance(value, str) or not value.startswith("/"):
+            expected = "an absolute path"
+            if self.choices:
+                expected = f"{_quote_list(self.choices, ',')} or an absolute file path"
+            raise Invalid.at(key, f"{key!r} must be {expected} (got {show(value)})")
+        return _no_nul(key, value)
+
+
+def absolute_path(*choices: str) -> Validator:
+    """Return a validator for an absolute path, or one of the words *choices*."""
+    return _AbsolutePathValidator(choices)
+
+
+@attrs.frozen
+class _OneOfValidator:
+    choices: tuple[str, ...]
+
+    def __call__(self, key: str, value: object) -> str:
+        if not isinstance(value, str) or value not in self.choices:
+            choices = ", ".join(map(repr, self.choices))
+            hint = did_you_mean(value, self.choices) if isinstance(value, str) else ""
+            raise Invalid.at(key, f"{key!r} must be one of {choices} (got {show(value)}){hint}")
+        return value
+
+
+def one_of(*choices: str) -> Validator:
+    """Return a validator for one of the strings *choices*."""
+    return _OneOfValidator(choices)
+
+
+def _list_of_strings(key: str, value: object, what: str) -> list[str]:
+    if not isinstance(value, list):
+        raise Invalid.at(key, f"{key!r} must be {what} (got {show(value)})")
+    problems = []
+    for i, item in enumerate(value):
+        try:
+            _StringValidator(None)(f"{key}[{i}]", item)
+        except Invalid as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise Invalid(problems)
+    return value
+
+
+@attrs.frozen
+class _StringListValidator:
+    def __call__(self, key: str, value: object) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(_list_of_strings(key, value, "a list of strings")))
+
+
+def string_list() -> Validator:
+    """Return a validator for a list of strings, returned as a tuple without repeats."""
+    return _StringListValidator()
+
+
+@attrs.frozen
+class _CommandValidator:
+    def __call__(self, key: str, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            try:
+                argv = shlex.split(value)
+            except ValueError as exc:
+                raise Invalid.at(
+                    key, f"{key!r} could not be split like a shell would: {exc} (got {value!r})"
+                ) from None
+            argv = [_no_nul(key, arg) for arg in argv]
+        else:
+            argv = _list_of_strings(key, value, "a list of strings or a command line string")
+        if not argv:
+            raise Invalid.at(key, f"{key!r} must not be empty")
+        return tuple(argv)
+
+
+def command() -> Validator:
+    """Return a validator for argv: a list of strings, or a string split with shlex."""
+    return _CommandValidator()
+
+
+_SIGNAL_NAMES = tuple(sorted(s.name for s in signal.Signals))
+
+
+@attrs.frozen
+class _SignalValidator:
+    def __call__(self, key: str, value: object) -> signal.Signals:
+        expected = "a signal name such as 'SIGTERM' or 'TERM', or a signal number"
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return signal.Signals(value)
+            except ValueError:
+                raise Invalid.at(key, f"{key!r} must be {expected} (got {value})") from None
+        if not isinstance(value, str):
+            raise Invalid.at(key, f"{key!r} must be {expected} (got {show(value)})")
+        name = value.strip().upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        if name in _SIGNAL_NAMES:
+            return signal.Signals[name]
+        hint = did_you_mean(name, _SIGNAL_NAMES)
+        raise Invalid.at(key, f"{key!r} must be {expected} (got {value!r}){hint}")
+
+
+def signal_() -> Validator:
+    """Return a validator for a signal: ``"SIGTERM"``, ``"TERM"`` or a number."""
+    return _SignalValidator()
+
+
+@attrs.frozen
+class _RegexValidator:
+    def __call__(self, key: str, value: object) -> re.Pattern[str]:
+        text = _StringValidator(None)(key, value)
+        try:
+            return re.compile(text)
+        except (re.error, OverflowError, RecursionError) as exc:
+            raise Invalid.at(
+                key, f"{key!r} must be a valid regular expression: {exc} (got {text!r})"
+            ) from None
+
+
+def regex() -> Validator:
+    """Return a validator for a regular expression, returned compiled."""
+    return _RegexValidator()
+
+
+_HOST_PORT = re.compile(
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]/]+)):(?P<port>[0-9]{1,5})"
+)
+
+
+@attrs.frozen
+class _HostPortValidator:
+    def __call__(self, key: str, value: object) -> tuple[str, int]:
+        match = _HOST_PORT.fullmatch(value) if isinstance(value, str) else None
+        port = int(match["port"]) if match else 0
+        if not match or not 1 <= port <= 65535:
+            raise Invalid.at(
+                key,
+                f"{key!r} must be 'host:port' with a port from 1 to 65535 (got {show(value)})",
+            )
+        return (match["v6"] or match["host"], port)
+
+
+def host_port() -> Validator:
+    """Return a validator for ``"host:port"`` (``"[::1]:80"`` for IPv6), as a pair."""
+    return _HostPortValidator()
+
+
+@attrs.frozen
+class _NamespacesValidator:
+    def __call__(self, key: str, value: object) -> frozenset[str]:
+        names = _list_of_strings(key, value, "a list of namespace names")
+        try:
+            return check_namespaces(names, key)
+        except ValueError as exc:
+            unknown = [n for n in names if n not in NAMESPACES]
+            raise Invalid.at(key, f"{exc}{did_you_mean(unknown[0], sorted(NAMESPACES))}") from None
+
+
+def namespaces() -> Validator:
+    """Return a validator for a list of namespace names, returned as a frozenset."""
+    return _NamespacesValidator()
+
+
+_ID_MAX = 2**32 - 1
+
+
+@attrs.frozen
+class _IdMapValidator:
+    def __call__(self, key: str, value: object) -> tuple[tuple[int, int, int], ...]:
+        if not isinstance(value, list):
+            raise Invalid.at(
+                key, f"{key!r} must be a list of [inside, outside, count] (got {show(value)})"
+            )
+        result = []
+        problems = []
+        for i, entry in enumerate(value):
+            ok = (
+                isinstance(entry, list)
+                and len(entry) == 3
+                and all(_is_int(n) and 0 <= n <= _ID_MAX for n in entry)
+                and entry[2] > 0
+            )
+            if ok:
+                result.append((entry[0], entry[1], entry[2]))
+            else:
+                message = (
+                    f"'{key}[{i}]' must be [inside, outside, count]: three ids from 0 "
+                    f"to {_ID_MAX}, count at least 1 (got {show(entry)})"
+                )
+                problems.append((f"{key}[{i}]", message))
+        if problems:
+            raise Invalid(problems)
+        return tuple(result)
+
+
+def id_map() -> Validator:
+    """Return a validator for uid/gid map lines, ``[[inside, outside, count], ...]``."""
+    return _IdMapValidator()
+
+
+@attrs.frozen
+class _EnvValidator:
+    def __call__(self, key: str, value: object) -> dict[str, str]:
+        if not isinstance(value, dict):
+            raise Invalid.at(key, f"{key!r} must be a table of strings (got {show(value)})")
+        problems = []
+        for name, item in value.items():
+            item_key = f"{key}.{key_join(str(name))}"
+            if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+                problems.append(
+                    (item_key, f"{item_key!r} is not a valid variable name (got {name!r})")
+                )
+            elif not isinstance(item, str):
+                problems.append(
+                    (item_key, f"{item_key!r} must be a string (got {show(item)}); quote it")
+                )
+            elif "\0" in item:
+                problems.append((item_key, f"{item_key!r} must not contain a NUL character"))
+        if problems:
+            raise Invalid(problems)
+        return value
+
+
+def env_table() -> Validator:
+    """Return a validator for a table of environment variables (strings to strings)."""
+    return _EnvValidator()
+
+
+_MODE = re.compile(r"0?[oO]?([0-7]{1,4})")
+
+
+@attrs.frozen
+class _FileModeValidator:
+    def __call__(self, key: str, value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777:
+            return value
+        match = _MODE.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise Invalid.at(
+                key,
+                f"{key!r} must be a file mode: an octal string such as '0755' "
+                f"or an integer from 0 to 4095 (got {show(value)})",
+            )
+        return int(match[1], 8)
+
+
+def file_mode() -> Validator:
+    """Return a validator for a file mode, ``"0755"`` or ``493``, returned as an int."""
+    return _FileModeValidator()
+
+
+def _unknown_keys(
+    key: str,
+    value: dict[object, object],
+    fields: Mapping[str, Validator],
+    key_of: Callable[[str], str],
+    forbidden: Mapping[str, str] | None,
+) -> list[Problem]:
+    problems: list[Problem] = []
+    for name in value:
+        if not isinstance(name, str):
+            problems.append((key, f"{key!r} has a key that is not a string ({name!r})"))
+        elif forbidden and name in forbidden:
+            problems.append((key_of(name), f"{key_of(name)!r} is not allowed: {forbidden[name]}"))
+        elif name not in fields:
+            hint = unknown_key_hint(name, list(fields))
+            problems.append((key_of(name), f"{key_of(name)!r} is not a known key{hint}"))
+    return problems
+
+
+def check_table(  # noqa: PLR0913 - each argument is one independent rule
+    key: str,
+    value: object,
+    fields: Mapping[str, Validator],
+    *,
+    required: Sequence[str] = (),
+    key_of: Callable[[str], str] | None = None,
+    forbidden: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Any], list[Problem]]:
+    """Check every key of the table *value* and return what is valid plus the problems.
+
+    Args:
+        key: the dotted key of the table itself.
+        value: the raw table.
+        fields: name -> validator for each key the table may hold.
+        required: names that must be present.
+        key_of: maps a name in the table to its dotted key (default
+            ``key + "." + name``); ``[defaults]`` merging needs another rule.
+        forbidden: name -> reason, for keys that are known but not allowed here.
+
+    Returns:
+        ``(typed, problems)``: the validated values by name, for the keys that
+        were present and valid, and the problems found.
+
+    Raises:
+        Invalid: *value* is not a table at all.
+
+    """
+
+    def default_key_of(name: str) -> str:
+        return f"{key}.{key_join(name)}" if key else key_join(name)
+
+    key_of = key_of or default_key_of
+    if not isinstance(value, dict):
+        raise Invalid.at(key, f"{key!r} must be a table (got {show(value)})")
+    typed: dict[str, Any] = {}
+    problems = _unknown_keys(key, value, fields, key_of, forbidden)
+    for name in required:
+        if name not in value:
+            problems.append((key, f"{key!r} is missing the required key {name!r}"))
+    for name, check in fields.items():
+        if name in value:
+            try:
+                typed[name] = check(key_of(name), value[name])
+            except Invalid as exc:
+                problems.extend(exc.problems)
+    return typed, problems
