@@ -275,9 +275,9 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
     try:
         text = data.decode()
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        bad_line = data[: exc.start].count(b"\n") + 1
         raise PolicyError(
-            [PolicyIssue(source, "", line, f"the policy is not valid UTF-8 text: {exc.reason}")]
+            [PolicyIssue(source, "", bad_line, f"the policy is not valid UTF-8 text: {exc.reason}")]
         ) from None
     try:
         document = tomllib.loads(text)

@@ -223,9 +223,11 @@ def build(
     else:
         supervisor, services, problems = _check_document(document)
     if problems or supervisor is None:
-        issues = dict.fromkeys(
-            PolicyIssue(source, key, line_of(dict(lines), key) if lines else None, message)
-            for key, message in problems
+        found = dict(lines or {})
+        issues: dict[PolicyIssue, None] = dict.fromkeys(
+            PolicyIssue(source, key, line_of(found, key), message) for key, message in problems
         )
-        raise PolicyError(list(issues))
+        # Document order: by line where known (a stable sort keeps the rest in check order).
+        ordered = sorted(issues, key=lambda issue: issue.line or 0)
+        raise PolicyError(ordered)
     return supervisor, {name: s.service for name, s in services.items() if s.service is not None}

@@ -123,19 +123,23 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_minimum(key: str, value: float, minimum: float | None, *, exclusive: bool) -> None:
+def _check_minimum(
+    key: str, value: float, minimum: float | None, *, exclusive: bool, raw: object
+) -> None:
+    """Raise :class:`Invalid` when *value* (written as *raw*) is below *minimum*."""
     if minimum is None:
         return
+    got = f"(got {show(raw)})"
     if exclusive and value <= minimum:
         if minimum == 0:
-            raise Invalid.at(key, f"{key!r} must be positive (got {show(value)})")
-        raise Invalid.at(key, f"{key!r} must be more than {minimum} (got {show(value)})")
+            raise Invalid.at(key, f"{key!r} must be positive {got}")
+        raise Invalid.at(key, f"{key!r} must be more than {minimum:g} {got}")
     if not exclusive and value < minimum:
         if minimum == 0:
-            raise Invalid.at(key, f"{key!r} must not be negative (got {show(value)})")
-        if minimum == 1 and _is_int(value):
-            raise Invalid.at(key, f"{key!r} must be positive (got {show(value)})")
-        raise Invalid.at(key, f"{key!r} must be at least {minimum} (got {show(value)})")
+            raise Invalid.at(key, f"{key!r} must not be negative {got}")
+        if minimum == 1 and _is_int(raw):
+            raise Invalid.at(key, f"{key!r} must be positive {got}")
+        raise Invalid.at(key, f"{key!r} must be at least {minimum:g} {got}")
 
 
 def _no_nul(key: str, value: str) -> str:
@@ -165,7 +169,7 @@ class _IntegerValidator:
     def __call__(self, key: str, value: object) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise Invalid.at(key, f"{key!r} must be an integer (got {show(value)})")
-        _check_minimum(key, value, self.minimum, exclusive=False)
+        _check_minimum(key, value, self.minimum, exclusive=False, raw=value)
         if self.maximum is not None and value > self.maximum:
             raise Invalid.at(key, f"{key!r} must be at most {self.maximum} (got {value})")
         return value
@@ -191,9 +195,9 @@ class _NumberValidator:
             number = math.inf
         if not math.isfinite(number):
             raise Invalid.at(key, f"{key!r} must be a finite number (got {show(value)})")
-        _check_minimum(key, number, self.minimum, exclusive=self.exclusive_minimum)
+        _check_minimum(key, number, self.minimum, exclusive=self.exclusive_minimum, raw=value)
         if self.maximum is not None and number > self.maximum:
-            raise Invalid.at(key, f"{key!r} must be at most {self.maximum} (got {show(value)})")
+            raise Invalid.at(key, f"{key!r} must be at most {self.maximum:g} (got {show(value)})")
         return number
 
 
