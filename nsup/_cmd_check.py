@@ -1,22 +1,117 @@
-"""``nsup check POLICY``: validate a policy (placeholder until the policy model lands)."""
+"""``nsup check POLICY``: validate a policy and summarise its services.
+
+A valid policy prints one line per service, in the order written::
+
+    web x2: python3 -m http.server [restart=always namespaces=mount,pid depends_on=db]
+
+and exits 0.  An invalid one prints every problem on stderr, each line
+prefixed ``nsup:``, and exits 2.  ``--json`` prints one JSON object on stdout
+instead, in both cases: ``{"valid": true, "source": ..., "services": [...]}``
+or ``{"valid": false, "source": ..., "errors": [{"source", "line", "key",
+"message"}, ...]}``; the exit code is the same.
+"""
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+import json
+import shlex
+import sys
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["register"]
+from ._errors import PolicyError
+from ._policy import Policy, load_policy
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ._policy_model import Service
+
+__all__ = ["register", "run", "summary_line"]
 
 
 def register(subparsers: Any) -> None:
     """Add the ``check`` sub-command to *subparsers*."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "check", help="validate a policy file"
+        "check",
+        help="validate a policy file",
+        description="Validate a policy: a summary line per service and exit 0, "
+        "or every error found and exit 2.",
     )
     parser.add_argument("policy", metavar="POLICY.toml")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object on stdout, for editors and CI"
+    )
     parser.set_defaults(func=run)
 
 
+def summary_line(name: str, service: Service) -> str:
+    """Return the one-line summary of a service that ``nsup check`` prints.
+
+    Args:
+        name: the service's name.
+        service: its settings.
+
+    Returns:
+        ``NAME[ xN]: COMMAND [restart=R namespaces=A,B depends_on=X,Y]``, with
+        ``none`` for an empty list.
+
+    """
+    count = f" x{service.instances}" if service.instances > 1 else ""
+    namespaces = ",".join(sorted(service.namespaces)) or "none"
+    depends_on = ",".join(service.depends_on) or "none"
+    return (
+        f"{name}{count}: {shlex.join(service.command)} "
+        f"[restart={service.restart} namespaces={namespaces} depends_on={depends_on}]"
+    )
+
+
+def _service_json(name: str, service: Service) -> dict[str, Any]:
+    return {
+        "name": name,
+        "command": list(service.command),
+        "restart": service.restart,
+        "namespaces": sorted(service.namespaces),
+        "depends_on": list(service.depends_on),
+        "instances": service.instances,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
-    """Validate ``args.policy``."""
-    raise NotImplementedError(args.policy)
+    """Validate ``args.policy`` and print the result.
+
+    Args:
+        args: the parsed ``check`` arguments (``policy``, ``json``).
+
+    Returns:
+        0 for a valid policy, 2 for an invalid or unreadable one.
+
+    """
+    try:
+        policy = load_policy(args.policy)
+    except OSError as exc:
+        message = f"cannot read {args.policy!r}: {exc.strerror or exc}"
+        error = {"source": args.policy, "line": None, "key": "", "message": message}
+        return _fail(args, [error], [message])
+    except PolicyError as exc:
+        errors: list[Any] = list(exc.errors)
+        return _fail(args, [e.to_json() for e in errors], [str(e) for e in errors])
+    _print_valid(args, policy)
+    return 0
+
+
+def _print_valid(args: argparse.Namespace, policy: Policy) -> None:
+    if args.json:
+        services = [_service_json(name, s) for name, s in policy.services.items()]
+        print(json.dumps({"valid": True, "source": policy.source, "services": services}))  # noqa: T201 - the command's output
+        return
+    for name, service in policy.services.items():
+        print(summary_line(name, service))  # noqa: T201 - the command's output
+
+
+def _fail(args: argparse.Namespace, errors: list[dict[str, Any]], lines: list[str]) -> int:
+    if args.json:
+        print(json.dumps({"valid": False, "source": args.policy, "errors": errors}))  # noqa: T201 - the command's output
+    else:
+        for line in lines:
+            print(f"nsup: {line}", file=sys.stderr)  # noqa: T201 - the command's output
+    return 2
