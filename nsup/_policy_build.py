@@ -61,7 +61,7 @@ class _Service:
 
     def key_of(self, field: str) -> str:
         """Return the dotted key where *field*'s value was written."""
-        if field in self.raw:
+        if isinstance(self.raw, dict) and field in self.raw:
             return key_join("services", self.name, field)
         return key_join("defaults", field)
 

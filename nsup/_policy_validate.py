@@ -294,7 +294,7 @@ class _AbsolutePathValidator:
         if not isinstance(value, str) or not value.startswith("/"):
             expected = "an absolute path"
             if self.choices:
-                expected = f"{_quote_list(self.choices, ',')} or an absolute file path"
+                expected = f"{', '.join(map(repr, self.choices))} or an absolute file path"
             raise Invalid.at(key, f"{key!r} must be {expected} (got {show(value)})")
         return _no_nul(key, value)
 
