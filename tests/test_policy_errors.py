@@ -535,8 +535,10 @@ CASES = {
             (
                 3,
                 "services.web.stop.signal",
-                f"'services.web.stop.signal' must be {SIGNAL} (got 'SIGTREM'); "
-                "did you mean 'SIGTERM'?",
+                (
+                    f"'services.web.stop.signal' must be {SIGNAL} (got 'SIGTREM'); "
+                    "did you mean 'SIGTERM'?"
+                ),
             )
         ],
     ),
@@ -704,8 +706,10 @@ CASES = {
             (
                 3,
                 "services.web.mounts[0].type",
-                "'services.web.mounts[0].type' must be one of 'bind', 'tmpfs', 'proc' "
-                "(got 'overlay')",
+                (
+                    "'services.web.mounts[0].type' must be one of 'bind', 'tmpfs', 'proc' "
+                    "(got 'overlay')"
+                ),
             )
         ],
     ),
