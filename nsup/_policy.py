@@ -131,6 +131,8 @@ class Policy:
 
         """
         supervisor = _strip_none(attrs.asdict(self.supervisor))
+        if self.supervisor.health is not None:
+            supervisor["health"] = _host_port(self.supervisor.health)
         return {
             "supervisor": supervisor,
             "services": {name: _service_dict(s) for name, s in self.services.items()},
@@ -189,13 +191,17 @@ def _strip_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def _host_port(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _probe_dict(probe: Probe | HealthProbe) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if probe.kind == "notify":
         result["notify"] = True
     elif probe.kind == "tcp" and probe.tcp is not None:
-        host, port = probe.tcp
-        result["tcp"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        result["tcp"] = _host_port(probe.tcp)
     elif probe.kind == "exec" and probe.exec is not None:
         result["exec"] = list(probe.exec)
     elif probe.kind == "log" and probe.log is not None:

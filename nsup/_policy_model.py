@@ -110,7 +110,7 @@ class SupervisorConfig:
         max_restarts: restart intensity: more restarts than this ...
         within: ... within this many seconds make nsup give up (exit 1).
         control: the control socket path, or ``None`` for the default.
-        health: ``"host:port"`` for the HTTP health endpoint, or ``None``.
+        health: ``(host, port)`` for the HTTP health endpoint, or ``None``.
 
     """
 
@@ -118,7 +118,7 @@ class SupervisorConfig:
     max_restarts: int = 10
     within: float = 60.0
     control: str | None = None
-    health: str | None = None
+    health: tuple[str, int] | None = None
 
 
 @attrs.frozen
