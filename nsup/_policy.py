@@ -147,13 +147,24 @@ class Policy:
         Returns:
             Every service name once.
 
+        Raises:
+            ValueError: the dependencies have a cycle or name an unknown
+                service (only possible for a policy not built by
+                :meth:`from_dict` or :func:`load_policy`).
+
         """
         order: list[str] = []
         placed: set[str] = set()
         pending = list(self.services)
         while pending:
-            # build() rejected cycles, so each pass places at least one.
-            name = next(n for n in pending if placed.issuperset(self.services[n].depends_on))
+            # from_dict() rejects cycles and unknown names, so only a hand-built
+            # Policy can get stuck here.
+            name = next(
+                (n for n in pending if placed.issuperset(self.services[n].depends_on)), None
+            )
+            if name is None:
+                stuck = ", ".join(map(repr, pending))
+                raise ValueError(f"services {stuck} depend on a cycle or on unknown services")
             order.append(name)
             placed.add(name)
             pending.remove(name)

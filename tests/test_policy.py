@@ -33,6 +33,7 @@ from nsup._policy import (
 )
 from nsup._policy_lines import key_lines, line_of
 from nsup._policy_schema import SERVICE_FIELDS, SUPERVISOR_FIELDS
+from nsup._policy_validate import duration, one_of
 
 POLICIES = Path(__file__).parent / "policies"
 SPEC_EXAMPLE = (POLICIES / "spec-example.toml").read_text()
@@ -470,3 +471,19 @@ def test_mostly_valid_documents(document):
         path = Path(tmp) / "policy.toml"
         path.write_text(to_toml(document))
         check_outcome(lambda: load_policy(path))
+
+
+def test_hand_built_cycle_is_value_error():
+    a = Service(command=("a",), depends_on=("b",))
+    b = Service(command=("b",), depends_on=("a",))
+    policy = Policy(SupervisorConfig(), {"a": a, "b": b, "c": Service(command=("c",))})
+    with pytest.raises(
+        ValueError, match=r"^services 'a', 'b' depend on a cycle or on unknown services$"
+    ):
+        policy.dependency_order()
+
+
+def test_validators_have_readable_repr_and_hash():
+    assert repr(one_of("a", "b")) == "_OneOfValidator(choices=('a', 'b'))"
+    assert repr(duration(positive=False)) == "_DurationValidator(positive=False)"
+    assert hash(one_of("a")) == hash(one_of("a"))
