@@ -31,6 +31,7 @@ Wire format: a request is one ``marshal``-encoded dict plus descriptors
 
 from __future__ import annotations
 
+import array
 import gc
 import marshal
 import os
@@ -105,6 +106,23 @@ def _spawn(req: dict[str, Any], fds: list[int], supervisor_pidfd: int, clear: in
     return (pid, 0, ""), pidfd
 
 
+def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One request and its descriptors, received close-on-exec.
+
+    (``socket.recv_fds`` would do, but it drops its *flags* argument on
+    Python 3.11, and without ``MSG_CMSG_CLOEXEC`` every command would inherit
+    the descriptors of the requests before it.)
+    """
+    fds = array.array("i")
+    msg, ancillary, _flags, _addr = sock.recvmsg(
+        _MAX_REQUEST, socket.CMSG_LEN(_MAX_FDS * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+    )
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return msg, list(fds)
+
+
 def main(parent_pid: int, sock_fd: int) -> None:
     """Serve clone requests from *parent_pid* on *sock_fd* until it closes."""
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -113,11 +131,12 @@ def main(parent_pid: int, sock_fd: int) -> None:
     supervisor_pidfd = os.pidfd_open(parent_pid)
     _prepare_signals()
     sock = socket.socket(fileno=sock_fd)
+    sock.set_inheritable(False)  # pass_fds made it inheritable; no command may hold it
     gc.collect()
     gc.freeze()  # children share these pages; a gc pass in them must not touch them
     clear = _sys.CLONE_CLEAR_SIGHAND
     while True:
-        msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        msg, fds = _receive(sock)
         if not msg:
             return
         req = marshal.loads(msg)  # noqa: S302 - our own supervisor, over a private socketpair

@@ -1,0 +1,45 @@
+"""Small helpers shared by the tests: run a child and collect what it printed."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import trio
+
+import nsup
+
+# A Python every user can run (root's pyenv lives in a private home), started
+# bare: used for children that need a little logic, such as signal handlers.
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+async def read_all(stream: trio.abc.ReceiveStream | None) -> bytes:
+    """Read *stream* to EOF."""
+    assert stream is not None
+    chunks = []
+    while chunk := await stream.receive_some():
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_line(stream: trio.abc.ReceiveStream | None) -> bytes:
+    """Read one line (up to and without the newline), byte by byte, so nothing after it is taken."""
+    assert stream is not None
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await stream.receive_some(1)
+        if not chunk:
+            break
+        line += chunk
+    return line.rstrip(b"\n")
+
+
+async def run(argv: list[str], **kwargs: Any) -> tuple[nsup.ExitStatus, str]:
+    """Spawn *argv* with ``stdout="pipe"``; return its status and its stdout text."""
+    spec = nsup.ProcessSpec(argv=argv, stdout="pipe", **kwargs)
+    async with nsup.spawn(spec) as proc:
+        out = await read_all(proc.stdout)
+        status = await proc.wait()
+    return status, out.decode()
