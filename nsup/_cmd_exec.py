@@ -78,7 +78,9 @@ def register(subparsers: Any) -> None:
         parser.add_argument(
             flag, metavar="SRC:DST", action="append", default=[], help=f"{what} host SRC at DST"
         )
-    parser.add_argument("--tmpfs", metavar="DST", action="append", default=[], help="a fresh tmpfs at DST")
+    parser.add_argument(
+        "--tmpfs", metavar="DST", action="append", default=[], help="a fresh tmpfs at DST"
+    )
     parser.add_argument("--cwd", metavar="DIR", help="working directory inside")
     parser.add_argument(
         "--env", metavar="K=V", action="append", default=[], help="set a variable (repeatable)"
@@ -100,6 +102,7 @@ def build_spec(args: argparse.Namespace) -> ProcessSpec:
 
     Raises:
         nsup.SpecError: an option is invalid; the message names it.
+
     """
     command = list(args.command)
     if command and command[0] == "--":
@@ -119,7 +122,9 @@ def build_spec(args: argparse.Namespace) -> ProcessSpec:
     except ValueError as exc:
         raise SpecError(str(exc)) from None
     try:
-        namespaces = set(check_namespaces([n.strip() for n in args.ns.split(",") if n.strip()], "--ns"))
+        namespaces = set(
+            check_namespaces([n.strip() for n in args.ns.split(",") if n.strip()], "--ns")
+        )
     except ValueError as exc:
         raise SpecError(str(exc)) from None
     if mounts and "mount" not in namespaces:

@@ -20,6 +20,7 @@ class ExitStatus:
         code: the exit code, when it exited.
         signal: the signal number, when a signal killed it.
         core_dumped: it dumped core when killed.
+
     """
 
     code: int | None = None

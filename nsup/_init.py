@@ -50,7 +50,7 @@ FORWARD_NEVER = frozenset(
 
 
 def exit_code(wait_status: int) -> int:
-    """The shell's rule: the exit code, or 128+N for death by signal N."""
+    """Return the shell's number for *wait_status*: the code, or 128+N for signal N."""
     if os.WIFSIGNALED(wait_status):
         return 128 + os.WTERMSIG(wait_status)
     return os.waitstatus_to_exitcode(wait_status)

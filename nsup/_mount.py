@@ -22,6 +22,7 @@ class Mount:
         readonly: remount read-only (recursively for binds).
         size: tmpfs size in bytes (``None``: the kernel default, half of RAM).
         mode: tmpfs root mode (``None``: 0o755).
+
     """
 
     type: Literal["bind", "tmpfs", "proc"] = attrs.field(

@@ -27,7 +27,7 @@ def check_namespaces(names: object, what: str = "namespaces") -> frozenset[str]:
     """
     if isinstance(names, str) or not hasattr(names, "__iter__"):
         raise TypeError(f"{what!r} must be a list of namespace names (got {names!r})")
-    result = frozenset(names)  # type: ignore[call-overload]  # iterable checked above
+    result = frozenset(names)
     unknown = sorted(str(n) for n in result - NAMESPACES)
     if unknown:
         raise ValueError(

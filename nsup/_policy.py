@@ -287,7 +287,7 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
 
     """
     source = str(path)
-    with open(path, "rb") as file:  # noqa: PTH123 - path may be any PathLike
+    with open(path, "rb") as file:
         data = file.read()
     try:
         text = data.decode()

@@ -42,7 +42,9 @@ class _NoPublicConstructor(type):
     """Metaclass for handles that only nsup may create (``Cls._create()``)."""
 
     def __call__(cls, *_args: Any, **_kwargs: Any) -> NoReturn:
-        raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no public constructor; use nsup.spawn()")
+        raise TypeError(
+            f"{cls.__module__}.{cls.__qualname__} has no public constructor; use nsup.spawn()"
+        )
 
     def _create(cls, *args: Any, **kwargs: Any) -> Any:
         return super().__call__(*args, **kwargs)
@@ -61,6 +63,7 @@ class Process(metaclass=_NoPublicConstructor):
             PID namespace (usually 2); otherwise None.
         stdin, stdout, stderr: trio streams for ``"pipe"`` stdio, else None.
         status: the :class:`nsup.ExitStatus` once reaped, else None.
+
     """
 
     def __init__(self, spec: ProcessSpec, pid: int, pidfd: int, report_fd: int) -> None:
@@ -136,22 +139,22 @@ class Process(metaclass=_NoPublicConstructor):
 
     def _read_report(self) -> bool:
         """Read what the report pipe holds; return True at EOF."""
-        while True:
-            try:
+        chunk = b"-"
+        try:
+            while chunk:
                 chunk = os.read(self._report_fd, 4096)
-            except BlockingIOError:
-                return False
-            if not chunk:
-                return True
-            self._report += chunk
+                self._report += chunk
+        except BlockingIOError:
+            return False
+        return True
 
-    async def terminate(self, timeout: float | None = None) -> ExitStatus:
-        """Stop the child: the spec's stop signal, then SIGKILL after *timeout*.
+    async def terminate(self, grace: float | None = None) -> ExitStatus:
+        """Stop the child: the spec's stop signal, then SIGKILL after *grace* seconds.
 
-        *timeout* defaults to the spec's ``stop_timeout``.  Returns as soon as
+        *grace* defaults to the spec's ``stop_timeout``.  Returns as soon as
         the child is reaped.  Shielded from cancellation, so it always finishes.
         """
-        timeout = self.spec.stop_timeout if timeout is None else timeout
+        timeout = self.spec.stop_timeout if grace is None else grace
         with trio.CancelScope(shield=True):
             if self.status is None:
                 self.send_signal(self.spec.stop_signal)
@@ -165,7 +168,8 @@ class Process(metaclass=_NoPublicConstructor):
                         stacklevel=2,
                     )
                     self.kill()
-            return await self.wait()
+            status = await self.wait()
+        return status  # noqa: RET504 - outside the scope: mypy cannot see a shielded scope never swallows
 
     async def aclose(self) -> None:
         """Stop the child if it still runs, reap it, and close every descriptor."""
@@ -276,6 +280,7 @@ async def start_process(spec: ProcessSpec) -> Process:
     Raises:
         nsup.SpawnError: a namespace, mount, exec or other stage failed; the
             child (if any) has been reaped and nothing is left running.
+
     """
     zygote = get_zygote()
     with ExitStack() as cleanup_on_fail, ExitStack() as child_ends:
@@ -293,7 +298,7 @@ async def start_process(spec: ProcessSpec) -> Process:
         if pid <= 0:
             raise spawn_error(spec, "clone3", err, request["flags"], message)
         cleanup_on_fail.pop_all()
-        proc = Process._create(spec, pid, pidfd, report_r)  # type: ignore[attr-defined]  # metaclass method
+        proc: Process = Process._create(spec, pid, pidfd, report_r)  # noqa: SLF001 - the metaclass's private constructor
     for attr, fd in ours:
         setattr(proc, attr, trio.lowlevel.FdStream(fd))  # the stream owns fd now
     try:
@@ -332,6 +337,7 @@ async def spawn(spec: ProcessSpec) -> AsyncIterator[Process]:
 
     Raises:
         nsup.SpawnError: the child could not be started (see ``start_process``).
+
     """
     proc = await start_process(spec)
     try:

@@ -25,7 +25,9 @@ IdMap = tuple[tuple[int, int, int], ...]
 
 def _argv(value: object) -> tuple[str, ...]:
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise SpecError(f"'argv' must be a list of strings (got {value!r}); split a command line with shlex.split()")
+        raise SpecError(
+            f"'argv' must be a list of strings (got {value!r}); split a command line with shlex.split()"
+        )
     argv = tuple(value)
     if not argv:
         raise SpecError("'argv' is empty; give at least the command to run")
@@ -48,7 +50,9 @@ def _env(value: object) -> Mapping[str, str] | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        raise SpecError(f"'env' must be a mapping of strings to strings, or None to inherit (got {value!r})")
+        raise SpecError(
+            f"'env' must be a mapping of strings to strings, or None to inherit (got {value!r})"
+        )
     for key, val in value.items():
         if not isinstance(key, str) or not isinstance(val, str):
             raise SpecError(f"'env' keys and values must be strings (got {key!r}: {val!r})")
@@ -61,19 +65,21 @@ def _id_map(value: object) -> IdMap | None:
     if value is None:
         return None
     try:
-        rows = tuple((int(a), int(b), int(c)) for a, b, c in value)  # type: ignore[attr-defined]
+        rows = tuple((int(a), int(b), int(c)) for a, b, c in value)  # type: ignore[attr-defined]  # any iterable of triples
     except (TypeError, ValueError):
         raise SpecError(
             f"an id map must be a list of (inside, outside, count) triples (got {value!r})"
         ) from None
     if not rows or any(n < 0 for row in rows for n in row) or any(row[2] == 0 for row in rows):
-        raise SpecError(f"an id map needs at least one row of non-negative ids and a count > 0 (got {value!r})")
+        raise SpecError(
+            f"an id map needs at least one row of non-negative ids and a count > 0 (got {value!r})"
+        )
     return rows
 
 
 def _stdio(value: object) -> StdioMode:
     if value in ("inherit", "null", "pipe"):
-        return value  # type: ignore[return-value]  # narrowed by the membership test
+        return value
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     raise SpecError(f"stdio must be 'inherit', 'null', 'pipe' or a file descriptor (got {value!r})")
@@ -85,7 +91,9 @@ def _pass_fds(value: object) -> Mapping[int, int]:
     elif isinstance(value, Iterable):
         result = {int(fd): int(fd) for fd in value}
     else:
-        raise SpecError(f"'pass_fds' must be a list of fds or a {{target: source}} mapping (got {value!r})")
+        raise SpecError(
+            f"'pass_fds' must be a list of fds or a {{target: source}} mapping (got {value!r})"
+        )
     bad = sorted(t for t in result if t <= 2)
     if bad:
         raise SpecError(f"'pass_fds' targets must be 3 or more: use stdin/stdout/stderr for {bad}")
@@ -107,9 +115,11 @@ def _signal(value: object) -> signal.Signals:
         if isinstance(value, str):
             name = value.upper()
             return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
-        return signal.Signals(value)
+        if isinstance(value, int):
+            return signal.Signals(value)
     except (KeyError, ValueError):
-        raise SpecError(f"'stop_signal' must be a signal name or number (got {value!r})") from None
+        pass
+    raise SpecError(f"'stop_signal' must be a signal name or number (got {value!r})")
 
 
 def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -147,6 +157,7 @@ class ProcessSpec:
 
     Raises:
         nsup.SpecError: an argument is invalid; the message says what to change.
+
     """
 
     argv: tuple[str, ...] = attrs.field(converter=_argv)
@@ -177,7 +188,7 @@ class ProcessSpec:
         for name, given, namespace in needs:
             if given and namespace not in self.namespaces:
                 raise SpecError(f"{name!r} needs the {namespace!r} namespace; add it to namespaces")
-        if self.hostname is not None and not 0 < len(self.hostname.encode()) <= 64:  # noqa: PLR2004 - HOST_NAME_MAX
+        if self.hostname is not None and not 0 < len(self.hostname.encode()) <= 64:
             raise SpecError(f"'hostname' must be 1 to 64 bytes (got {self.hostname!r})")
 
     @property

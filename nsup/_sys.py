@@ -114,7 +114,13 @@ def _get_libc() -> ctypes.CDLL:
             ("umount2", [ctypes.c_char_p, ctypes.c_int]),
             (
                 "mount",
-                [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p],
+                [
+                    ctypes.c_char_p,
+                    ctypes.c_char_p,
+                    ctypes.c_char_p,
+                    ctypes.c_ulong,
+                    ctypes.c_char_p,
+                ],
             ),
             (
                 "prctl",
@@ -150,6 +156,7 @@ def clone3(flags: int, *, exit_signal: int = 0, cgroup_fd: int = -1) -> tuple[in
 
     Raises:
         OSError: the kernel refused; the message names the flags.
+
     """
     pidfd = ctypes.c_int(-1)
     args = _CloneArgs()
@@ -227,6 +234,7 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
     Raises:
         OSError: on failure, or when this architecture's number is unknown.
+
     """
     machine = platform.machine()
     number = _NR_PIVOT_ROOT.get(machine)

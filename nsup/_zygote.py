@@ -74,7 +74,9 @@ def _write_maps(pid: int, req: dict[str, Any]) -> None:
             f.write(req[name])
 
 
-def _spawn(req: dict[str, Any], fds: list[int], supervisor_pidfd: int, clear: int) -> tuple[Any, int]:
+def _spawn(
+    req: dict[str, Any], fds: list[int], supervisor_pidfd: int, clear: int
+) -> tuple[Any, int]:
     flags: int = req["flags"]
     cgroup_fd = fds[req["cgroup"]] if req["cgroup"] >= 0 else -1
     sync_r = sync_w = -1

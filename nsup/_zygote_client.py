@@ -40,7 +40,16 @@ class Zygote:
         """Start the zygote from the calling thread."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         here = os.path.dirname(os.path.abspath(__file__))
-        argv = [sys.executable, "-I", "-S", "-c", _BOOT, here, str(os.getpid()), str(theirs.fileno())]
+        argv = [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            _BOOT,
+            here,
+            str(os.getpid()),
+            str(theirs.fileno()),
+        ]
         self._proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
         self._stdsock = ours
@@ -65,7 +74,9 @@ class Zygote:
                     )
                 except OSError as exc:
                     self.broken = True
-                    raise SpawnError(exc.errno or 0, f"the nsup zygote is gone: {exc}", "zygote") from None
+                    raise SpawnError(
+                        exc.errno or 0, f"the nsup zygote is gone: {exc}", "zygote"
+                    ) from None
                 if not msg:
                     self.broken = True
                     raise SpawnError(0, "the nsup zygote exited; see its message above", "zygote")

@@ -25,14 +25,17 @@ os.environ["NSUP_TEST_MARKER"] = MARKER.partition("=")[2]
 
 def marker_env(**extra: str) -> dict[str, str]:
     """A minimal environment for a child that still carries the leak marker."""
-    env = {"PATH": os.environ.get("PATH", os.defpath), "NSUP_TEST_MARKER": os.environ["NSUP_TEST_MARKER"]}
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "NSUP_TEST_MARKER": os.environ["NSUP_TEST_MARKER"],
+    }
     env.update(extra)
     return env
 
 
 def _ours() -> set[int]:
     exempt = {os.getpid()}
-    exempt.update(z._proc.pid for z in _zygote_client._zygotes.values())  # noqa: SLF001
+    exempt.update(z._proc.pid for z in _zygote_client._zygotes.values())
     return exempt
 
 
@@ -83,7 +86,7 @@ def _no_leaks():
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Fail the run if anything the suite started is still alive at the very end."""
-    _zygote_client._close_all()  # noqa: SLF001 - end our zygotes first: they carry the marker
+    _zygote_client._close_all()
     leaked = marked_processes()
     if leaked:
         _kill_all(leaked)

@@ -118,7 +118,7 @@ class TestValid:
             == web.health
         )
         assert (
-            Mount("tmpfs", "/tmp"),  # noqa: S108 - a mount target, not a temp file
+            Mount("tmpfs", "/tmp"),
             Mount("bind", "/data", source="/srv/data", readonly=True),
         ) == web.mounts
 

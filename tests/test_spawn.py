@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
 import pytest
 import trio
+from helpers import PYTHON, read_line, run
 
 import nsup
-from helpers import PYTHON, read_line, run
 
 ALL_KINDS = ["pid", "mount", "uts", "ipc", "net", "user", "cgroup"]
 
@@ -55,7 +56,9 @@ async def test_pid_and_mount_show_only_the_new_namespace_in_proc():
 
 
 async def test_init_is_pid_1_and_the_command_pid_2():
-    spec = nsup.ProcessSpec(argv=["sh", "-c", "echo $$; tr '\\0' ' ' < /proc/1/cmdline"], stdout="pipe")
+    spec = nsup.ProcessSpec(
+        argv=["sh", "-c", "echo $$; tr '\\0' ' ' < /proc/1/cmdline"], stdout="pipe"
+    )
     async with nsup.spawn(spec) as proc:
         first = await read_line(proc.stdout)
         rest = await read_line(proc.stdout)
@@ -103,7 +106,10 @@ async def test_user_namespace_maps_caller_to_root():
 
 async def test_user_namespace_with_explicit_maps():
     status, out = await run(
-        ["sh", "-c", "id -u; id -g"], namespaces=["user"], uid_map=[(1000, os.getuid(), 1)], gid_map=[(1000, os.getgid(), 1)]
+        ["sh", "-c", "id -u; id -g"],
+        namespaces=["user"],
+        uid_map=[(1000, os.getuid(), 1)],
+        gid_map=[(1000, os.getgid(), 1)],
     )
     assert status.success
     assert out.split() == ["1000", "1000"]
@@ -124,7 +130,11 @@ async def test_mount_namespace_is_private():
 async def test_read_only_bind_refuses_writes(tmp_path):
     (tmp_path / "file").write_text("hello")
     status, out = await run(
-        ["sh", "-c", "cat /mnt/file; echo; (echo x > /mnt/file) 2>/dev/null && echo wrote || echo refused"],
+        [
+            "sh",
+            "-c",
+            "cat /mnt/file; echo; (echo x > /mnt/file) 2>/dev/null && echo wrote || echo refused",
+        ],
         mounts=[nsup.Mount(type="bind", source=str(tmp_path), target="/mnt", readonly=True)],
     )
     assert status.success
@@ -147,7 +157,13 @@ async def test_exit_codes(code, init):
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGKILL, signal.SIGSEGV])
 async def test_death_by_signal_is_reported_as_such(signo, init):
     # With init=False the command is PID 1 and cannot signal itself: use a child shell.
-    status, _ = await run(["sh", "-c", f"sh -c 'kill -{signo.name[3:]} $$'; exit $?"] if not init else ["sh", "-c", f"kill -{signo.name[3:]} $$"], init=init, namespaces=["pid", "mount"] if init else [])
+    status, _ = await run(
+        ["sh", "-c", f"sh -c 'kill -{signo.name[3:]} $$'; exit $?"]
+        if not init
+        else ["sh", "-c", f"kill -{signo.name[3:]} $$"],
+        init=init,
+        namespaces=["pid", "mount"] if init else [],
+    )
     if init:
         assert status.signal == signo
         assert status.exit_code == 128 + signo
@@ -250,7 +266,12 @@ async def test_repeated_cancelled_waits_are_harmless():
 
 
 async def test_stop_escalates_to_sigkill_for_a_child_ignoring_sigterm():
-    spec = nsup.ProcessSpec(argv=["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"], stdout="pipe", stop_timeout=0.3, init=False)
+    spec = nsup.ProcessSpec(
+        argv=["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"],
+        stdout="pipe",
+        stop_timeout=0.3,
+        init=False,
+    )
     with pytest.warns(RuntimeWarning, match="ignored SIGTERM for 0.3 seconds; sending SIGKILL"):
         async with nsup.spawn(spec) as proc:
             assert await read_line(proc.stdout) == b"ready"
@@ -258,11 +279,17 @@ async def test_stop_escalates_to_sigkill_for_a_child_ignoring_sigterm():
 
 
 async def test_sigkill_ends_the_whole_pid_namespace():
-    spec = nsup.ProcessSpec(argv=["sh", "-c", "sleep 100 & sleep 100 & echo ready; wait"], stdout="pipe")
+    spec = nsup.ProcessSpec(
+        argv=["sh", "-c", "sleep 100 & sleep 100 & echo ready; wait"], stdout="pipe"
+    )
     async with nsup.spawn(spec) as proc:
         assert await read_line(proc.stdout) == b"ready"
-        inside = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-        grandchildren = [int(p) for c in inside for p in Path(f"/proc/{c}/task/{c}/children").read_text().split()]
+        inside = [
+            int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        ]
+        grandchildren = [
+            int(p) for c in inside for p in Path(f"/proc/{c}/task/{c}/children").read_text().split()
+        ]
         assert len(grandchildren) == 2
         proc.kill()
         await proc.wait()
@@ -278,14 +305,38 @@ async def test_sigkill_ends_the_whole_pid_namespace():
     ("kwargs", "message"),
     [
         ({"argv": []}, "'argv' is empty; give at least the command to run"),
-        ({"argv": "sleep 1"}, "'argv' must be a list of strings (got 'sleep 1'); split a command line with shlex.split()"),
-        ({"argv": ["x"], "namespaces": ["pid", "bogus"]}, "'namespaces' has unknown namespace 'bogus'; choose from cgroup, ipc, mount, net, pid, user, uts"),
-        ({"argv": ["x"], "namespaces": ["pid"], "hostname": "h"}, "'hostname' needs the 'uts' namespace; add it to namespaces"),
-        ({"argv": ["x"], "namespaces": ["pid"], "uid_map": [(0, 0, 1)]}, "'uid_map' needs the 'user' namespace; add it to namespaces"),
-        ({"argv": ["x"], "stdout": "file"}, "stdio must be 'inherit', 'null', 'pipe' or a file descriptor (got 'file')"),
-        ({"argv": ["x"], "env": {"A=B": "c"}}, "'env' has an invalid variable 'A=B': no '=' or NUL, and not empty"),
-        ({"argv": ["x"], "stop_signal": "SIGNOPE"}, "'stop_signal' must be a signal name or number (got 'SIGNOPE')"),
-        ({"argv": ["x"], "pass_fds": [1]}, "'pass_fds' targets must be 3 or more: use stdin/stdout/stderr for [1]"),
+        (
+            {"argv": "sleep 1"},
+            "'argv' must be a list of strings (got 'sleep 1'); split a command line with shlex.split()",
+        ),
+        (
+            {"argv": ["x"], "namespaces": ["pid", "bogus"]},
+            "'namespaces' has unknown namespace 'bogus'; choose from cgroup, ipc, mount, net, pid, user, uts",
+        ),
+        (
+            {"argv": ["x"], "namespaces": ["pid"], "hostname": "h"},
+            "'hostname' needs the 'uts' namespace; add it to namespaces",
+        ),
+        (
+            {"argv": ["x"], "namespaces": ["pid"], "uid_map": [(0, 0, 1)]},
+            "'uid_map' needs the 'user' namespace; add it to namespaces",
+        ),
+        (
+            {"argv": ["x"], "stdout": "file"},
+            "stdio must be 'inherit', 'null', 'pipe' or a file descriptor (got 'file')",
+        ),
+        (
+            {"argv": ["x"], "env": {"A=B": "c"}},
+            "'env' has an invalid variable 'A=B': no '=' or NUL, and not empty",
+        ),
+        (
+            {"argv": ["x"], "stop_signal": "SIGNOPE"},
+            "'stop_signal' must be a signal name or number (got 'SIGNOPE')",
+        ),
+        (
+            {"argv": ["x"], "pass_fds": [1]},
+            "'pass_fds' targets must be 3 or more: use stdin/stdout/stderr for [1]",
+        ),
     ],
 )
 def test_bad_spec_arguments(kwargs, message):
@@ -338,7 +389,10 @@ async def test_missing_bind_source():
 
 
 def test_process_has_no_public_constructor():
-    with pytest.raises(TypeError, match="nsup._process.Process has no public constructor; use nsup.spawn()"):
+    with pytest.raises(
+        TypeError,
+        match=re.escape("nsup._process.Process has no public constructor; use nsup.spawn()"),
+    ):
         nsup.Process()
 
 
@@ -376,10 +430,14 @@ async def test_no_descriptor_leaks_across_many_spawns(namespaces, count):
         await proc.wait()  # the zygote is up before we count
     before = _fds()
     for _ in range(count):
-        async with nsup.spawn(nsup.ProcessSpec(argv=["true"], namespaces=namespaces, stdout="pipe")) as proc:
+        async with nsup.spawn(
+            nsup.ProcessSpec(argv=["true"], namespaces=namespaces, stdout="pipe")
+        ) as proc:
             await proc.wait()
     with pytest.raises(nsup.SpawnError):
-        async with nsup.spawn(nsup.ProcessSpec(argv=["no-such-command-xyz"], namespaces=namespaces)):
+        async with nsup.spawn(
+            nsup.ProcessSpec(argv=["no-such-command-xyz"], namespaces=namespaces)
+        ):
             pass
     assert _fds() == before
 
