@@ -1,0 +1,90 @@
+"""Turn a policy's service instance into the ``ProcessSpec`` that starts it.
+
+The one place where policy keys meet spawn options.  Output: ``inherit``
+means "through nsup": stdout and stderr share one pipe that the runner reads
+and prints as ``NAME | line`` (one pipe, not two, keeps a thousand services
+within the descriptor limit); ``null`` is /dev/null; a path is opened for
+appending by nsup, so the child needs no access to it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING
+
+from ._spec import ProcessSpec
+
+if TYPE_CHECKING:
+    from ._errors import SpawnError
+    from ._policy import ServiceInstance
+    from ._spec import StdioMode
+
+__all__ = ["spawn_exit_code", "spec_for"]
+
+
+def spawn_exit_code(exc: SpawnError) -> int:
+    """The exit code a failed spawn is reported with: 127 not found, 126 not executable, 125 set-up."""
+    if exc.stage == "exec":
+        return 127 if exc.errno == errno.ENOENT else 126
+    return 125
+
+
+def spec_for(instance: ServiceInstance, notify_path: str | None) -> tuple[int, ProcessSpec, list[int]]:
+    """Build the spec for one start of *instance*.
+
+    Returns:
+        ``(read_fd, spec, close_after)``: the read end of the output pipe (or
+        -1 when nothing goes through nsup), the spec, and the descriptors the
+        caller closes once the child has them.
+    """
+    service = instance.spec
+    read_fd = -1
+    close_after: list[int] = []
+    pipe_w = -1
+
+    def target(mode: str) -> StdioMode:
+        nonlocal read_fd, pipe_w
+        if mode == "inherit":
+            if pipe_w < 0:
+                read_fd, pipe_w = os.pipe()
+                close_after.append(pipe_w)
+            return pipe_w
+        if mode == "null":
+            return "null"
+        fd = os.open(mode, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        close_after.append(fd)
+        return fd
+
+    env = dict(os.environ)
+    env.update(service.env)
+    env["NSUP_SERVICE"] = instance.name
+    env["NSUP_INSTANCE"] = str(instance.index)
+    if notify_path is not None:
+        env["NOTIFY_SOCKET"] = notify_path
+    else:
+        env.pop("NOTIFY_SOCKET", None)
+    try:
+        spec = ProcessSpec(
+            argv=service.command,
+            env=env,
+            cwd=service.cwd,
+            namespaces=service.namespaces,
+            hostname=service.hostname,
+            init=service.init,
+            uid_map=service.uid_map or None,
+            gid_map=service.gid_map or None,
+            stdin="null",
+            stdout=target(service.stdout),
+            stderr=target(service.stderr),
+            mounts=service.mounts,
+            new_session=True,
+            stop_signal=service.stop.signal,
+            stop_timeout=service.stop.timeout,
+        )
+    except BaseException:
+        for fd in [read_fd, *close_after]:
+            if fd >= 0:
+                os.close(fd)
+        raise
+    return read_fd, spec, close_after
