@@ -13,19 +13,29 @@ The steps:
 1. ``PR_SET_PDEATHSIG(SIGKILL)``, then check the supervisor is still alive
    through a pidfd (``getppid()`` is 0 in a new PID namespace, so it cannot
    be used for the race check);
-2. with a user namespace, wait until the zygote has written the uid/gid maps;
-3. a new session, if asked for;
-4. with a mount namespace: propagation made private, the requested mounts,
-   and a fresh ``/proc`` when there is also a new PID namespace;
-5. hostname, loopback up, working directory;
-6. descriptors moved to their target numbers;
-7. exec the command (or become PID 1 and spawn it, see ``_init.py``).
+2. join the cgroup v1 hierarchies (write ``0`` to each ``cgroup.procs``
+   descriptor the supervisor opened); cgroup v2 placement already happened
+   at clone (``CLONE_INTO_CGROUP``);
+3. with a user namespace, wait until the zygote has written the uid/gid maps;
+4. a new session, if asked for;
+5. with a mount namespace: propagation made private, then, with a rootfs,
+   the rootfs bound onto itself and a minimal ``/dev`` in it; the requested
+   mounts (read-only ones made so with ``mount_setattr(AT_RECURSIVE)``, or
+   a remount where the kernel lacks it), a fresh ``/proc`` when there is
+   also a new PID namespace, and ``pivot_root`` into the rootfs;
+6. hostname, loopback up, working directory;
+7. rlimits, then supplementary groups, gid and uid, then capabilities
+   (bounding set dropped, the rest kept as permitted, effective,
+   inheritable and ambient), then ``PR_SET_NO_NEW_PRIVS``;
+8. descriptors moved to their target numbers;
+9. exec the command (or become PID 1 and spawn it, see ``_init.py``).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import resource
 import select
 import signal
 import socket
@@ -66,22 +76,147 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | IFF_UP))
 
 
-def _do_mount(kind: str, target: str, source: str | None, readonly: bool, data: str) -> None:
+_DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+_DEV_LINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+)
+_EXDEV = 18
+
+
+def _make_readonly(target: str) -> None:
+    """Make the mount at *target*, and every mount beneath it, read-only.
+
+    ``mount_setattr(AT_RECURSIVE)`` (Linux 5.12) changes only the read-only
+    attribute; before it, a bind remount of the top mount keeps the flags
+    the kernel locks (nosuid, nodev, noexec), and mounts beneath stay as
+    they were.
+    """
+    try:
+        _sys.mount_setattr(target, _sys.MOUNT_ATTR_RDONLY, recursive=True)
+    except OSError as exc:
+        if exc.errno != 38:  # ENOSYS
+            raise
+        locked = os.statvfs(target).f_flag & _LOCKED_FLAGS
+        flags = _sys.MS_REMOUNT | _sys.MS_BIND | _sys.MS_RDONLY | locked
+        _sys.mount(None, target, None, flags)
+
+
+def _mount_point(target: str, like: str | None, root: str) -> None:
+    """Create *target* if it is missing (a file when binding a file); refuse escapes from *root*."""
+    real = os.path.realpath(target)
+    if root and real != root and not real.startswith(root + "/"):
+        raise OSError(_EXDEV, target)
+    if os.path.lexists(target):
+        return
+    if like is not None and not os.path.isdir(like):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    else:
+        os.makedirs(target, exist_ok=True)
+
+
+def _do_mount(  # noqa: PLR0913, PLR0917 - one row of the request's mount table, plus the root
+    kind: str, target: str, source: str | None, readonly: bool, data: str, root: str = ""
+) -> None:
     if kind == "bind":
         assert source is not None  # noqa: S101 - checked by Mount before the request
         if not os.path.exists(source):
             raise FileNotFoundError(2, source)
+        if root:
+            _mount_point(target, source, root)
         _sys.mount(source, target, None, _sys.MS_BIND | _sys.MS_REC)
         if readonly:
-            locked = os.statvfs(target).f_flag & _LOCKED_FLAGS
-            flags = _sys.MS_REMOUNT | _sys.MS_BIND | _sys.MS_RDONLY | locked
-            _sys.mount(None, target, None, flags)
-    elif kind == "tmpfs":
+            _make_readonly(target)
+        return
+    if root:
+        _mount_point(target, None, root)
+    if kind == "tmpfs":
         flags = _sys.MS_NOSUID | _sys.MS_NODEV | (_sys.MS_RDONLY if readonly else 0)
         _sys.mount("tmpfs", target, "tmpfs", flags, data or None)
     else:  # proc
         flags = _sys.MS_NOSUID | _sys.MS_NODEV | _sys.MS_NOEXEC
         _sys.mount("proc", target, "proc", flags)
+
+
+def _minimal_dev(root: str) -> None:
+    """Mount a tmpfs ``/dev`` in *root* holding the host's harmless devices, bound in."""
+    dev = root + "/dev"
+    _mount_point(dev, None, root)
+    _sys.mount("tmpfs", dev, "tmpfs", _sys.MS_NOSUID | _sys.MS_NOEXEC, "mode=755,size=64k")
+    for name in _DEV_NODES:
+        path = f"{dev}/{name}"
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+        _sys.mount(f"/dev/{name}", path, None, _sys.MS_BIND)
+    for name, link in _DEV_LINKS:
+        os.symlink(link, f"{dev}/{name}")
+    os.mkdir(f"{dev}/shm", 0o1777)
+    os.mkdir(f"{dev}/pts", 0o755)
+
+
+def _pivot(root: str) -> None:
+    """Make *root* the child's ``/`` and detach the old root (the ``pivot_root(".", ".")`` idiom)."""
+    os.chdir(root)
+    _sys.pivot_root(".", ".")
+    _sys.umount2(".", _sys.MNT_DETACH)
+    os.chdir("/")
+
+
+def _mounts(req: dict[str, Any], root: str) -> None:
+    _stage("make mounts private", _sys.mount, None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE)
+    if root:
+        _stage(f"bind rootfs {root}", _sys.mount, root, root, None, _sys.MS_BIND | _sys.MS_REC)
+        _stage(f"minimal /dev in rootfs {root}", _minimal_dev, root)
+    for kind, target, source, readonly, data in req["mounts"]:
+        stage = f"mount {kind} on {target}"
+        _stage(stage, _do_mount, kind, root + target, source, readonly, data, root)
+    if root:
+        _stage(f"pivot_root into {root}", _pivot, root)
+
+
+def _credentials(req: dict[str, Any]) -> None:
+    """rlimits, then groups, gid, uid, capabilities and no_new_privs, in that order.
+
+    rlimits come first because raising a hard limit needs CAP_SYS_RESOURCE.
+    With a capability set and a new uid, ``PR_SET_KEEPCAPS`` keeps the
+    permitted set across ``setuid``; the ambient set then carries the kept
+    capabilities across exec for a non-root user.
+    """
+    for name, number, value in req["rlimits"]:
+        _stage(f"setrlimit {name}", resource.setrlimit, number, (value, value))
+    uid, gid, caps = req["uid"], req["gid"], req["caps"]
+    if caps is not None:
+        for cap in range(req["cap_last"] + 1):
+            if not caps >> cap & 1:
+                _stage("drop capabilities", _sys.prctl, _sys.PR_CAPBSET_DROP, cap)
+        if uid >= 0:
+            _stage("drop capabilities", _sys.prctl, _sys.PR_SET_KEEPCAPS, 1)
+    _switch_ids(uid, gid)
+    if caps is not None:
+        _keep_caps(caps, req["cap_last"])
+    if req["nnp"]:
+        _stage("no_new_privs", _sys.prctl, _sys.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _switch_ids(uid: int, gid: int) -> None:
+    if uid >= 0 or gid >= 0:
+        _stage("setgroups", os.setgroups, [gid] if gid >= 0 else [])
+    if gid >= 0:
+        _stage(f"setgid {gid}", os.setresgid, gid, gid, gid)
+    if uid >= 0:
+        _stage(f"setuid {uid}", os.setresuid, uid, uid, uid)
+
+
+def _keep_caps(caps: int, last: int) -> None:
+    """Make *caps* the permitted, effective, inheritable and ambient sets."""
+    _stage("set capabilities", _sys.capset, caps, caps, caps)
+    for cap in range(last + 1):
+        if caps >> cap & 1:
+            _stage(
+                "set capabilities", _sys.prctl, _sys.PR_CAP_AMBIENT, _sys.PR_CAP_AMBIENT_RAISE, cap
+            )
 
 
 def _move_fds(targets: list[int], sources: list[int], report_fd: int) -> int:
@@ -116,10 +251,12 @@ def _resolve(name: str, env: dict[str, str]) -> str:
     raise OSError(13 if denied else 2, name)  # EACCES or ENOENT
 
 
-def _setup(req: dict[str, Any], supervisor_pidfd: int, sync_fd: int) -> None:
+def _setup(req: dict[str, Any], fds: list[int], supervisor_pidfd: int, sync_fd: int) -> None:
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
     if select.select([supervisor_pidfd], [], [], 0)[0]:
         os._exit(1)  # the supervisor died before PDEATHSIG was armed
+    for name, index in req["cgroup_join"]:
+        _stage(f"join cgroup {name}", os.write, fds[index], b"0")
     flags = req["flags"]
     if sync_fd >= 0:
         # The zygote writes our uid/gid maps, then closes its end of this pipe.
@@ -129,15 +266,14 @@ def _setup(req: dict[str, Any], supervisor_pidfd: int, sync_fd: int) -> None:
     if req["setsid"]:
         os.setsid()
     if flags & CLONE_FLAGS["mount"]:
-        _stage("make mounts private", _sys.mount, None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE)
-        for kind, target, source, readonly, data in req["mounts"]:
-            _stage(f"mount {kind} on {target}", _do_mount, kind, target, source, readonly, data)
+        _mounts(req, req["rootfs"] or "")
     if req["hostname"] is not None:
         _stage("sethostname", _sys.sethostname, req["hostname"])
     if flags & CLONE_FLAGS["net"]:
         _stage("loopback up", _loopback_up)
     if req["cwd"] is not None:
         _stage(f"chdir {req['cwd']}", os.chdir, req["cwd"])
+    _credentials(req)
 
 
 def child_main(
@@ -151,7 +287,7 @@ def child_main(
     """
     report_fd = fds[0]
     try:
-        _setup(req, supervisor_pidfd, sync_fd)
+        _setup(req, fds, supervisor_pidfd, sync_fd)
         env: dict[str, str] = req["env"]
         argv: list[str] = req["argv"]
         path = _stage("exec", _resolve, argv[0], env)

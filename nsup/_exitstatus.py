@@ -20,12 +20,15 @@ class ExitStatus:
         code: the exit code, when it exited.
         signal: the signal number, when a signal killed it.
         core_dumped: it dumped core when killed.
+        oom_killed: the kernel's OOM killer ended it (its cgroup's memory
+            limit, or the machine's memory, ran out).
 
     """
 
     code: int | None = None
     signal: int | None = None
     core_dumped: bool = False
+    oom_killed: bool = False
 
     def __attrs_post_init__(self) -> None:
         """Check that exactly one of code and signal is set."""
@@ -66,4 +69,7 @@ class ExitStatus:
             name = _signal.Signals(self.signal).name
         except ValueError:
             name = f"signal {self.signal}"
-        return f"killed by {name}" + (" (core dumped)" if self.core_dumped else "")
+        note = " (core dumped)" if self.core_dumped else ""
+        if self.oom_killed:
+            note += " (out of memory)"
+        return f"killed by {name}{note}"

@@ -16,17 +16,21 @@ signal inside is reported as such even though PID 1 itself can only exit.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import warnings
 from contextlib import ExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, final
 
+import attrs
 import trio
 
-from . import _sys
+from . import _cgroup, _sys
+from ._caps import cap_last_cap, mask_of
 from ._exitstatus import ExitStatus
 from ._namespaces import CLONE_FLAGS
+from ._policy_model import RLIMITS
 from ._spawn_errors import spawn_error
 from ._zygote_client import get_zygote
 
@@ -66,8 +70,16 @@ class Process(metaclass=_NoPublicConstructor):
 
     """
 
-    def __init__(self, spec: ProcessSpec, pid: int, pidfd: int, report_fd: int) -> None:
+    def __init__(
+        self,
+        spec: ProcessSpec,
+        pid: int,
+        pidfd: int,
+        report_fd: int,
+        cgroup: _cgroup.Cgroup | None = None,
+    ) -> None:
         self.spec = spec
+        self._cgroup = cgroup
         self.pid = pid
         self.pidfd = pidfd
         self.command_pid: int | None = None
@@ -98,8 +110,24 @@ class Process(metaclass=_NoPublicConstructor):
             pass  # exited, not yet reaped: the wait will tell
 
     def kill(self) -> None:
-        """Send SIGKILL: with a PID namespace, everything in it dies."""
+        """Send SIGKILL: with a PID namespace, everything in it dies.
+
+        Without one, every process in the child's cgroup is killed too, so
+        descendants that double-forked away are not left behind.
+        """
         self.send_signal(signal.SIGKILL)
+        if self._cgroup is not None and "pid" not in self.spec.namespaces:
+            self._cgroup.kill_all()
+
+    def statistics(self) -> _cgroup.CgroupStatistics:
+        """Return what the child's cgroup has counted: CPU time, throttling, memory, tasks.
+
+        All ``None`` (and ``oom_kills`` 0) when the child has no cgroup, or once
+        the handle is closed.
+        """
+        if self._cgroup is None:
+            return _cgroup.CgroupStatistics()
+        return self._cgroup.statistics()
 
     async def wait(self) -> ExitStatus:
         """Wait until the child exits, reap it, and return how it ended.
@@ -135,6 +163,12 @@ class Process(metaclass=_NoPublicConstructor):
             for line in self._report.split(b"\n"):
                 if line.startswith(b"X"):
                     status = ExitStatus.from_wait_status(int(line[1:]))
+        if (
+            status.signal == signal.SIGKILL
+            and self._cgroup is not None
+            and self._cgroup.oom_kills() > 0
+        ):
+            status = attrs.evolve(status, oom_killed=True)
         self.status = status
 
     def _read_report(self) -> bool:
@@ -180,6 +214,8 @@ class Process(metaclass=_NoPublicConstructor):
                 if stream is not None:
                     await stream.aclose()
             self._close_fds()
+            if self._cgroup is not None:
+                await self._cgroup.aclose()
 
     def _close_fds(self) -> None:
         for attr in ("pidfd", "_report_fd"):
@@ -220,7 +256,7 @@ def _id_map_text(rows: tuple[tuple[int, int, int], ...] | None, default: int) ->
     return "".join(f"{inside} {outside} {count}\n" for inside, outside, count in rows)
 
 
-def _request(spec: ProcessSpec, targets: list[int]) -> dict[str, Any]:
+def _request(spec: ProcessSpec, targets: list[int], rootfs: str | None) -> dict[str, Any]:
     flags = 0
     for name in spec.namespaces:
         flags |= CLONE_FLAGS[name]
@@ -243,7 +279,50 @@ def _request(spec: ProcessSpec, targets: list[int]) -> dict[str, Any]:
         "gid_map": _id_map_text(spec.gid_map, os.getgid()),
         "setgroups_deny": os.geteuid() != 0,
         "cgroup": -1,
+        "cgroup_join": [],
+        "rootfs": rootfs,
+        "rlimits": [(name, RLIMITS[name], value) for name, value in spec.limits.rlimits.items()],
+        "uid": -1 if spec.user is None else spec.user,
+        "gid": -1 if spec.group is None else spec.group,
+        "caps": None if spec.capabilities is None else mask_of(spec.capabilities),
+        "cap_last": cap_last_cap() if spec.capabilities is not None else 0,
+        "nnp": spec.no_new_privs,
     }
+
+
+def _add_cgroup_fds(request: dict[str, Any], fds: list[int], cgroup: _cgroup.Cgroup | None) -> None:
+    """Append the cgroup descriptors to *fds* and record their positions in *request*."""
+    if cgroup is None:
+        return
+    if cgroup.dir_fd >= 0:
+        request["cgroup"] = len(fds)
+        fds.append(cgroup.dir_fd)
+    for name, fd in cgroup.join_fds:
+        request["cgroup_join"].append((name, len(fds)))
+        fds.append(fd)
+
+
+def _preflight(spec: ProcessSpec) -> str | None:
+    """Check what can be checked before anything starts; return the resolved rootfs.
+
+    A missing bind source, a rootfs that is not a directory, or a mount
+    target that resolves outside the rootfs fails here, with nothing started.
+    (The child checks again, as the file system may change in between.)
+    """
+    rootfs = None
+    if spec.rootfs is not None:
+        rootfs = os.path.realpath(spec.rootfs)
+        if not os.path.isdir(rootfs):
+            raise spawn_error(spec, f"rootfs {spec.rootfs}", errno.ENOTDIR, 0)
+    for mount in spec.mounts:
+        stage = f"mount {mount.type} on {mount.target}"
+        if mount.type == "bind" and not os.path.exists(mount.source or ""):
+            raise spawn_error(spec, stage, errno.ENOENT, 0, "source")
+        if rootfs is not None:
+            real = os.path.realpath(rootfs + mount.target)
+            if real != rootfs and not real.startswith(rootfs + "/"):
+                raise spawn_error(spec, stage, errno.EXDEV, 0, real)
+    return rootfs
 
 
 def _mount_data(size: int | None, mode: int | None) -> str:
@@ -282,8 +361,13 @@ async def start_process(spec: ProcessSpec) -> Process:
             child (if any) has been reaped and nothing is left running.
 
     """
+    rootfs = _preflight(spec)
     zygote = get_zygote()
     with ExitStack() as cleanup_on_fail, ExitStack() as child_ends:
+        cgroup = _cgroup.create(spec.limits)
+        if cgroup is not None:
+            cleanup_on_fail.callback(cgroup.remove_now)
+            child_ends.callback(cgroup.close_fds)
         report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         cleanup_on_fail.callback(os.close, report_r)
         child_ends.callback(os.close, report_w)
@@ -291,14 +375,15 @@ async def start_process(spec: ProcessSpec) -> Process:
         for _attr, fd in ours:
             cleanup_on_fail.callback(os.close, fd)
         targets = [0, 1, 2, *spec.pass_fds]
-        request = _request(spec, targets)
+        request = _request(spec, targets, rootfs)
         fds = [report_w, *stdio, *spec.pass_fds.values()]
+        _add_cgroup_fds(request, fds, cgroup)
         pid, err, message, pidfd = await zygote.clone(request, fds)
         child_ends.close()  # only the child holds them now
         if pid <= 0:
             raise spawn_error(spec, "clone3", err, request["flags"], message)
         cleanup_on_fail.pop_all()
-        proc: Process = Process._create(spec, pid, pidfd, report_r)  # noqa: SLF001 - the metaclass's private constructor
+        proc: Process = Process._create(spec, pid, pidfd, report_r, cgroup)  # noqa: SLF001 - the metaclass's private constructor
     for attr, fd in ours:
         setattr(proc, attr, trio.lowlevel.FdStream(fd))  # the stream owns fd now
     try:

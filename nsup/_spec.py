@@ -7,15 +7,18 @@ is cloned.
 
 from __future__ import annotations
 
+import math
 import signal
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import attrs
 
+from ._caps import check_capabilities
 from ._errors import SpecError
 from ._mount import Mount
 from ._namespaces import DEFAULT_NAMESPACES, check_namespaces
+from ._policy_model import RLIMITS, Limits
 
 __all__ = ["IdMap", "ProcessSpec", "StdioMode"]
 
@@ -110,6 +113,74 @@ def _mounts(value: object) -> tuple[Mount, ...]:
     return mounts
 
 
+_RLIM_INFINITY = 2**64 - 1
+
+
+def _limits(value: object) -> Limits:
+    if value is None:
+        return Limits()
+    if not isinstance(value, Limits):
+        raise SpecError(f"'limits' must be an nsup.Limits (got {value!r})")
+    for name, given, ok in (
+        ("memory", value.memory, _is_int(value.memory) and value.memory > 0),  # type: ignore[operator]
+        ("pids", value.pids, _is_int(value.pids) and value.pids > 0),  # type: ignore[operator]
+        (
+            "cpu",
+            value.cpu,
+            isinstance(value.cpu, int | float)
+            and not isinstance(value.cpu, bool)
+            and math.isfinite(value.cpu)
+            and value.cpu > 0,
+        ),
+    ):
+        if given is not None and not ok:
+            raise SpecError(f"'limits.{name}' must be a positive number (got {given!r})")
+    for name, limit in value.rlimits.items():
+        if name not in RLIMITS:
+            raise SpecError(
+                f"'limits.rlimits' has unknown rlimit {name!r}; choose from "
+                f"{', '.join(sorted(RLIMITS))} (the CPU-time rlimit is 'cputime')"
+            )
+        if not _is_int(limit) or not 0 <= limit <= _RLIM_INFINITY:
+            raise SpecError(
+                f"'limits.rlimits[{name!r}]' must be an integer from 0 to "
+                f"resource.RLIM_INFINITY (got {limit!r})"
+            )
+    return value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _id(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32 - 1:
+        raise SpecError(
+            f"'user' and 'group' must be numeric ids from 0 to 4294967294 (got {value!r})"
+        )
+    assert isinstance(value, int)  # noqa: S101 - checked just above
+    return value
+
+
+def _capabilities(value: object) -> frozenset[str] | None:
+    if value is None:
+        return None
+    try:
+        return check_capabilities(value)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _rootfs(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise SpecError(f"'rootfs' must be an absolute path (got {value!r})")
+    return value
+
+
 def _signal(value: object) -> signal.Signals:
     try:
         if isinstance(value, str):
@@ -154,6 +225,20 @@ class ProcessSpec:
             the terminal's signals.
         stop_signal, stop_timeout: how the child is stopped when its block
             ends or is cancelled: this signal, then SIGKILL after the timeout.
+        limits: an ``nsup.Limits``: ``memory``, ``pids`` and ``cpu`` (cores)
+            through the child's own cgroup (v2, else v1 where mounted), and
+            rlimits by name, set in the child before exec.  A limit that
+            cannot be applied fails the spawn.
+        rootfs: a directory that becomes the child's ``/`` (``pivot_root``),
+            with a minimal ``/dev`` and, with a ``pid`` namespace, ``/proc``;
+            needs ``mount``.  Mount targets are then paths inside it.
+        no_new_privs: set ``PR_SET_NO_NEW_PRIVS``: exec never grants
+            privileges (setuid bits and file capabilities are ignored).
+        capabilities: keep only these capabilities (``"CAP_NET_BIND_SERVICE"``
+            or ``"net_bind_service"``), in the bounding, permitted, effective,
+            inheritable and ambient sets; ``None`` (default) leaves them alone.
+        user, group: numeric uid and gid to run as inside, set after mounts
+            and before exec (supplementary groups are cleared).
 
     Raises:
         nsup.SpecError: an argument is invalid; the message says what to change.
@@ -176,6 +261,12 @@ class ProcessSpec:
     new_session: bool = False
     stop_signal: signal.Signals = attrs.field(default=signal.SIGTERM, converter=_signal)
     stop_timeout: float = attrs.field(default=5.0, validator=_positive)
+    limits: Limits = attrs.field(factory=Limits, converter=_limits)
+    rootfs: str | None = attrs.field(default=None, converter=_rootfs)
+    no_new_privs: bool = False
+    capabilities: frozenset[str] | None = attrs.field(default=None, converter=_capabilities)
+    user: int | None = attrs.field(default=None, converter=_id)
+    group: int | None = attrs.field(default=None, converter=_id)
 
     def __attrs_post_init__(self) -> None:
         """Check the arguments that depend on each other."""
@@ -184,12 +275,20 @@ class ProcessSpec:
             ("uid_map", self.uid_map is not None, "user"),
             ("gid_map", self.gid_map is not None, "user"),
             ("mounts", bool(self.mounts), "mount"),
+            ("rootfs", self.rootfs is not None, "mount"),
         )
         for name, given, namespace in needs:
             if given and namespace not in self.namespaces:
                 raise SpecError(f"{name!r} needs the {namespace!r} namespace; add it to namespaces")
         if self.hostname is not None and not 0 < len(self.hostname.encode()) <= 64:
             raise SpecError(f"'hostname' must be 1 to 64 bytes (got {self.hostname!r})")
+        for mount in self.mounts:
+            if ".." in mount.target.split("/"):
+                where = "the rootfs" if self.rootfs else "its place"
+                raise SpecError(
+                    f"mount target {mount.target!r} has a '..' component, which could lead "
+                    f"outside {where}; write the path without '..'"
+                )
 
     @property
     def has_init(self) -> bool:

@@ -22,10 +22,13 @@ import os
 import platform
 
 __all__ = [
+    "AT_RECURSIVE",
     "CLONE_CLEAR_SIGHAND",
     "CLONE_INTO_CGROUP",
     "CLONE_PARENT",
     "CLONE_PIDFD",
+    "MNT_DETACH",
+    "MOUNT_ATTR_RDONLY",
     "MS_BIND",
     "MS_NODEV",
     "MS_NOEXEC",
@@ -34,12 +37,18 @@ __all__ = [
     "MS_RDONLY",
     "MS_REC",
     "MS_REMOUNT",
+    "PR_CAPBSET_DROP",
+    "PR_CAP_AMBIENT",
+    "PR_CAP_AMBIENT_RAISE",
     "PR_SET_CHILD_SUBREAPER",
+    "PR_SET_KEEPCAPS",
     "PR_SET_NO_NEW_PRIVS",
     "PR_SET_PDEATHSIG",
     "WALL",
+    "capset",
     "clone3",
     "mount",
+    "mount_setattr",
     "pivot_root",
     "prctl",
     "sethostname",
@@ -65,8 +74,17 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
+# <linux/mount.h>, <fcntl.h>: mount_setattr(2) (Linux 5.12)
+MOUNT_ATTR_RDONLY = 0x00000001
+AT_RECURSIVE = 0x8000
+AT_FDCWD = -100
+
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 
@@ -76,6 +94,8 @@ PR_SET_NO_NEW_PRIVS = 38
 WALL = 0x40000000
 
 _NR_CLONE3 = 435
+_NR_MOUNT_SETATTR = 442
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _NR_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 
 
@@ -94,6 +114,29 @@ class _CloneArgs(ctypes.Structure):
         ("set_tid", ctypes.c_uint64),
         ("set_tid_size", ctypes.c_uint64),
         ("cgroup", ctypes.c_uint64),
+    )
+
+
+class _MountAttr(ctypes.Structure):
+    """``struct mount_attr`` from <linux/mount.h> (32 bytes)."""
+
+    _fields_ = (
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    )
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
     )
 
 
@@ -248,3 +291,39 @@ def pivot_root(new_root: str, put_old: str) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     """``prctl(2)``."""
     return _check(_get_libc().prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
+
+
+def mount_setattr(path: str, attr_set: int, *, recursive: bool = True) -> None:
+    """``mount_setattr(2)`` (Linux 5.12): set *attr_set* on the mount at *path*.
+
+    With *recursive*, ``AT_RECURSIVE`` applies it to every mount beneath too.
+
+    Raises:
+        OSError: ENOSYS on kernels before 5.12; otherwise the kernel's reason.
+
+    """
+    attr = _MountAttr()
+    attr.attr_set = attr_set
+    flags = AT_RECURSIVE if recursive else 0
+    result = _get_libc().syscall(
+        ctypes.c_long(_NR_MOUNT_SETATTR),
+        ctypes.c_int(AT_FDCWD),
+        _b(path),
+        ctypes.c_uint(flags),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    _check(result, f"mount_setattr({path!r}, attr_set={attr_set:#x}, flags={flags:#x})")
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """``capset(2)`` for the calling thread, with 64-bit capability masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    result = _get_libc().capset(ctypes.byref(header), data)
+    _check(result, "capset")
