@@ -21,6 +21,9 @@ import trio
 from ._errors import SpawnError, SpecError
 from ._mount import Mount
 from ._namespaces import DEFAULT_NAMESPACES, check_namespaces
+from ._policy_model import RLIMITS, Limits
+from ._policy_schema import LIMITS_FIELDS, make_limits
+from ._policy_validate import check_table, did_you_mean
 from ._process import spawn
 from ._spec import ProcessSpec
 
@@ -33,8 +36,13 @@ examples:
   nsup exec --ro-bind /srv/data:/data --tmpfs /tmp -- ls /data
   nsup exec --no-init --ns pid -- sh -c 'echo $$'  # the command itself is PID 1
 
-exit status: the command's, or 128+N if signal N killed it; 127 command not
-found, 126 not executable, 125 namespace/mount set-up failed, 2 bad usage.
+  nsup exec --memory 256M --pids 64 --cpu 0.5 --rlimit nofile=1024 -- ./worker
+  nsup exec --rootfs /srv/alpine --user 1000 --group 1000 --no-new-privs -- /bin/sh
+  nsup exec --cap net_bind_service --user 1000 -- ./server   # only that capability
+
+exit status: the command's, or 128+N if signal N killed it (an OOM kill is
+SIGKILL: 137, and nsup exec says so on stderr); 127 command not found, 126 not
+executable, 125 namespace/mount/limit set-up failed, 2 bad usage.
 """
 
 # Signals nsup exec passes on to the child.  With a terminal on stdin, the
@@ -73,7 +81,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--hostname", metavar="NAME", help="hostname inside (needs uts)")
     parser.add_argument("--no-init", action="store_true", help="make the command itself PID 1")
     parser.add_argument("--memory", metavar="SIZE", help="memory limit through a cgroup, e.g. 256M")
-    parser.add_argument("--pids", metavar="N", type=int, help="limit on processes through a cgroup")
+    parser.add_argument("--pids", metavar="N", help="most tasks at once, through a cgroup")
+    parser.add_argument(
+        "--cpu", metavar="CORES", help="CPU quota in cores through a cgroup, e.g. 0.5"
+    )
+    parser.add_argument(
+        "--rlimit",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="an rlimit, soft and hard: nofile=1024, core=0, as=1G, cputime=10s, "
+        "or NAME=unlimited (repeatable)",
+    )
     for flag, what in (("--bind", "bind-mount"), ("--ro-bind", "bind-mount read-only")):
         parser.add_argument(
             flag, metavar="SRC:DST", action="append", default=[], help=f"{what} host SRC at DST"
@@ -82,6 +101,21 @@ def register(subparsers: Any) -> None:
         "--tmpfs", metavar="DST", action="append", default=[], help="a fresh tmpfs at DST"
     )
     parser.add_argument("--cwd", metavar="DIR", help="working directory inside")
+    parser.add_argument(
+        "--rootfs", metavar="DIR", help="make DIR the root, with a minimal /dev and /proc"
+    )
+    parser.add_argument(
+        "--no-new-privs", action="store_true", help="exec never grants privileges (setuid, fcaps)"
+    )
+    parser.add_argument(
+        "--cap",
+        metavar="NAME",
+        action="append",
+        default=None,
+        help="keep only this capability, e.g. net_bind_service (repeatable; --cap none drops all)",
+    )
+    parser.add_argument("--user", metavar="UID", help="numeric uid to run as inside")
+    parser.add_argument("--group", metavar="GID", help="numeric gid to run as inside")
     parser.add_argument(
         "--env", metavar="K=V", action="append", default=[], help="set a variable (repeatable)"
     )
@@ -129,8 +163,11 @@ def build_spec(args: argparse.Namespace) -> ProcessSpec:
         raise SpecError(str(exc)) from None
     if mounts and "mount" not in namespaces:
         namespaces.add("mount")  # as bwrap does: mounts imply a mount namespace
-    if args.memory is not None or args.pids is not None:
-        raise SpecError("--memory and --pids need cgroup support, which this build of nsup lacks")
+    if args.rootfs is not None:
+        namespaces.add("mount")
+    capabilities = None
+    if args.cap is not None:
+        capabilities = [c for c in args.cap if c.lower() != "none"]
     return ProcessSpec(
         argv=command,
         env=env,
@@ -139,7 +176,57 @@ def build_spec(args: argparse.Namespace) -> ProcessSpec:
         hostname=args.hostname,
         init=not args.no_init,
         mounts=mounts,
+        limits=_limits(args),
+        rootfs=None if args.rootfs is None else os.path.abspath(args.rootfs),
+        no_new_privs=args.no_new_privs,
+        capabilities=capabilities,
+        user=_number("--user", args.user),
+        group=_number("--group", args.group),
     )
+
+
+def _number(flag: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise SpecError(f"{flag} takes a number (got {value!r})") from None
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    """Check ``--memory``, ``--pids``, ``--cpu`` and ``--rlimit`` with the policy's validators."""
+    raw: dict[str, object] = {}
+    for flag, value in (("memory", args.memory), ("pids", args.pids), ("cpu", args.cpu)):
+        if value is not None:
+            raw[flag] = _flag_value(value)
+    for item in args.rlimit:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SpecError(f"--rlimit takes NAME=VALUE (got {item!r})")
+        if name not in RLIMITS:
+            raise SpecError(
+                f"--rlimit: unknown rlimit {name!r}; choose from {', '.join(sorted(RLIMITS))}"
+                f"{did_you_mean(name, sorted(RLIMITS))}"
+            )
+        raw[name] = _flag_value(value)
+    typed, problems = check_table("limits", raw, LIMITS_FIELDS)
+    if problems:
+        key, message = problems[0]
+        flag = key.partition(".")[2]
+        flag = f"--{flag}" if flag in ("memory", "pids", "cpu") else f"--rlimit {flag}"
+        raise SpecError(f"{flag}: {message.partition(' ')[2]}")
+    return make_limits(typed)
+
+
+def _flag_value(text: str) -> object:
+    """Return a flag's text as the policy would hold it: a number where it is one, else the string."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 async def _forward_signals(proc: Any, receiver: Any, from_terminal: bool) -> None:
@@ -154,6 +241,8 @@ async def _main(spec: ProcessSpec) -> int:
             nursery.start_soon(_forward_signals, proc, receiver, sys.stdin.isatty())
             status = await proc.wait()
             nursery.cancel_scope.cancel()
+    if status.oom_killed:
+        print(f"nsup exec: the command was {status}", file=sys.stderr)  # noqa: T201 - the CLI's report
     return status.exit_code
 
 

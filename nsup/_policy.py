@@ -258,6 +258,11 @@ def _service_dict(service: Service) -> dict[str, Any]:
         ],
         "uid_map": [list(line) for line in service.uid_map],
         "gid_map": [list(line) for line in service.gid_map],
+        "rootfs": service.rootfs,
+        "user": service.user,
+        "group": service.group,
+        "capabilities": None if service.capabilities is None else sorted(service.capabilities),
+        "no_new_privs": service.no_new_privs,
     }
     return _strip_none(result)
 

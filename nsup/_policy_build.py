@@ -39,6 +39,7 @@ _INDEX = re.compile(r"0|[1-9][0-9]*")
 _NEEDS_NAMESPACE = (
     ("hostname", "uts"),
     ("mounts", "mount"),
+    ("rootfs", "mount"),
     ("uid_map", "user"),
     ("gid_map", "user"),
 )

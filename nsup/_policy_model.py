@@ -255,6 +255,11 @@ class Service:
         uid_map: ``(inside, outside, count)`` lines for ``/proc/PID/uid_map``;
             empty means "the caller's uid is 0 inside" (with ``user``).
         gid_map: same for gids.
+        rootfs: a directory that becomes the service's ``/``, or ``None``.
+        user: the numeric uid to run as inside, or ``None`` (unchanged).
+        group: the numeric gid to run as inside, or ``None`` (unchanged).
+        capabilities: the ``CAP_*`` names to keep, or ``None`` (unchanged).
+        no_new_privs: set ``PR_SET_NO_NEW_PRIVS`` before exec.
 
     """
 
@@ -277,3 +282,8 @@ class Service:
     mounts: tuple[Mount, ...] = ()
     uid_map: IdMap = ()
     gid_map: IdMap = ()
+    rootfs: str | None = None
+    user: int | None = None
+    group: int | None = None
+    capabilities: frozenset[str] | None = None
+    no_new_privs: bool = False

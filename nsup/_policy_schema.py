@@ -27,6 +27,7 @@ from ._policy_validate import (
     Validator,
     absolute_path,
     boolean,
+    capabilities,
     check_table,
     command,
     duration,
@@ -56,6 +57,7 @@ __all__ = [
     "STOP_FIELDS",
     "SUPERVISOR_FIELDS",
     "TOP_LEVEL_KEYS",
+    "make_limits",
 ]
 
 TOP_LEVEL_KEYS = ("supervisor", "defaults", "services")
@@ -64,6 +66,8 @@ TOP_LEVEL_KEYS = ("supervisor", "defaults", "services")
 _SOCKET_PATH_MAX = 107
 # HOST_NAME_MAX.
 _HOSTNAME_MAX = 64
+# (uid_t)-1 means "unchanged" to the kernel, so the largest id is one less.
+_ID_MAX = 2**32 - 2
 # rlim_t is unsigned 64-bit, and all ones means "unlimited".
 _RLIM_MAX = 2**64 - 2
 
@@ -186,7 +190,8 @@ LIMITS_FIELDS: Mapping[str, Validator] = {
 }
 
 
-def _make_limits(typed: dict[str, Any]) -> Limits:
+def make_limits(typed: dict[str, Any]) -> Limits:
+    """Build :class:`Limits` from checked ``limits`` keys (rlimits by name)."""
     rlimits = {name: typed.pop(name) for name in list(typed) if name in RLIMITS}
     return Limits(**typed, rlimits=rlimits)
 
@@ -244,6 +249,15 @@ def _check_mount(key: str, raw: dict[str, Any], typed: dict[str, Any]) -> list[P
     problems = []
     if kind == "bind" and "source" not in raw:
         problems.append((key, f"{key!r} is a bind mount and needs a 'source'"))
+    target = raw.get("target")
+    if isinstance(target, str) and ".." in target.split("/"):
+        where = f"{key}.target"
+        problems.append(
+            (
+                where,
+                f"{where!r} must not have a '..' component, which could lead outside (got {target!r})",
+            )
+        )
     for name, only in (("source", "bind"), ("size", "tmpfs"), ("mode", "tmpfs")):
         if name in raw and kind != only:
             where = f"{key}.{name}"
@@ -271,7 +285,7 @@ SERVICE_FIELDS: Mapping[str, Validator] = {
     "env": env_table(),
     "cwd": absolute_path(),
     "stop": _TableValidator(STOP_FIELDS, lambda t: Stop(**t)),
-    "limits": _TableValidator(LIMITS_FIELDS, _make_limits),
+    "limits": _TableValidator(LIMITS_FIELDS, make_limits),
     "ready": _TableValidator(READY_FIELDS, _make_probe(Probe), _check_probe_kind(PROBE_KINDS)),
     "health": _TableValidator(
         HEALTH_FIELDS,
@@ -287,6 +301,11 @@ SERVICE_FIELDS: Mapping[str, Validator] = {
     "mounts": _ListOfTablesValidator(
         _TableValidator(MOUNT_FIELDS, lambda t: Mount(**t), _check_mount, ("type", "target"))
     ),
+    "rootfs": absolute_path(),
     "uid_map": id_map(),
     "gid_map": id_map(),
+    "user": integer(0, _ID_MAX),
+    "group": integer(0, _ID_MAX),
+    "capabilities": capabilities(),
+    "no_new_privs": boolean(),
 }

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from ._caps import check_capabilities
 from ._namespaces import NAMESPACES, check_namespaces
 from ._units import DURATION_FORMS, SIZE_FORMS, parse_duration, parse_size
 
@@ -33,6 +34,7 @@ __all__ = [
     "Validator",
     "absolute_path",
     "boolean",
+    "capabilities",
     "check_table",
     "command",
     "did_you_mean",
@@ -539,6 +541,21 @@ class _FileModeValidator:
 def file_mode() -> Validator:
     """Return a validator for a file mode, ``"0755"`` or ``493``, returned as an int."""
     return _FileModeValidator()
+
+
+@attrs.frozen
+class _CapabilitiesValidator:
+    def __call__(self, key: str, value: object) -> frozenset[str]:
+        names = _list_of_strings(key, value, "a list of capability names")
+        try:
+            return check_capabilities(names, key)
+        except ValueError as exc:
+            raise Invalid.at(key, str(exc)) from None
+
+
+def capabilities() -> Validator:
+    """Return a validator for capability names, returned as canonical ``CAP_*`` names."""
+    return _CapabilitiesValidator()
 
 
 def _unknown_keys(

@@ -41,6 +41,20 @@ SPEC_EXAMPLE = (POLICIES / "spec-example.toml").read_text()
 VALID = {
     "spec-example": tomllib.loads(SPEC_EXAMPLE),
     "minimal": {"services": {"a": {"command": "sleep 1"}}},
+    "hardened": {
+        "services": {
+            "a": {
+                "command": "sleep 1",
+                "rootfs": "/srv/root",
+                "user": 1000,
+                "group": 1000,
+                "capabilities": ["net_bind_service", "CAP_KILL"],
+                "no_new_privs": True,
+                "limits": {"memory": "64M", "pids": 16, "cpu": 0.2, "nofile": 64},
+                "mounts": [{"type": "proc", "target": "/proc"}],
+            }
+        }
+    },
     "everything": {
         "supervisor": {
             "strategy": "rest_for_one",
@@ -171,6 +185,20 @@ class TestValid:
         assert re.compile("^ok$") == b.health.log
         assert b.stop.signal == signal.SIGINT
         assert dict(b.limits.rlimits) == {"nofile": resource.RLIM_INFINITY}
+
+    def test_hardening_keys(self):
+        a = Policy.from_dict(VALID["hardened"]).services["a"]
+        assert (a.rootfs, a.user, a.group, a.no_new_privs) == ("/srv/root", 1000, 1000, True)
+        assert frozenset({"CAP_NET_BIND_SERVICE", "CAP_KILL"}) == a.capabilities
+        assert Limits(memory=64 * 2**20, pids=16, cpu=0.2, rlimits={"nofile": 64}) == a.limits
+        plain = Policy.from_dict(VALID["minimal"]).services["a"]
+        assert (
+            plain.rootfs,
+            plain.user,
+            plain.group,
+            plain.capabilities,
+            plain.no_new_privs,
+        ) == (None, None, None, None, False)
 
     @pytest.mark.parametrize("document", VALID.values(), ids=VALID.keys())
     def test_round_trip(self, document):

@@ -17,7 +17,8 @@ W = '[services.web]\ncommand = "x"\n'
 SERVICE_KEYS = (
     "'command', 'depends_on', 'restart', 'backoff', 'namespaces', 'init', 'hostname', "
     "'env', 'cwd', 'stop', 'limits', 'ready', 'health', 'instances', 'stdout', 'stderr', "
-    "'mounts', 'uid_map' and 'gid_map'"
+    "'mounts', 'rootfs', 'uid_map', 'gid_map', 'user', 'group', 'capabilities' and "
+    "'no_new_privs'"
 )
 DURATION = "a duration such as '250ms', '5s', '2m', '1h' or '1m30s', or a number of seconds"
 SIZE = "a size such as '64K', '256M' or '1G' (binary multiples), or a number of bytes"
@@ -789,6 +790,124 @@ CASES = {
                 9,
                 "services.web.mounts[1].size",
                 "'services.web.mounts[1].size' must be positive (got 0)",
+            )
+        ],
+    ),
+    "mount-target-dotdot": (
+        W + 'mounts = [{ type = "tmpfs", target = "/srv/../etc" }]',
+        [
+            (
+                3,
+                "services.web.mounts[0].target",
+                (
+                    "'services.web.mounts[0].target' must not have a '..' component, which could "
+                    "lead outside (got '/srv/../etc')"
+                ),
+            )
+        ],
+    ),
+    "tmpfs-size-negative": (
+        W + 'mounts = [{ type = "tmpfs", target = "/tmp", size = -1 }]',
+        [
+            (
+                3,
+                "services.web.mounts[0].size",
+                "'services.web.mounts[0].size' must be positive (got -1)",
+            )
+        ],
+    ),
+    # --- hardening -------------------------------------------------------------------------
+    "rootfs-relative": (
+        W + 'rootfs = "images/alpine"',
+        [
+            (
+                3,
+                "services.web.rootfs",
+                "'services.web.rootfs' must be an absolute path (got 'images/alpine')",
+            )
+        ],
+    ),
+    "rootfs-without-mount": (
+        W + 'namespaces = ["pid"]\nrootfs = "/srv/root"',
+        [
+            (
+                4,
+                "services.web.rootfs",
+                (
+                    "'services.web.rootfs' needs the 'mount' namespace, which "
+                    "'services.web.namespaces' does not include"
+                ),
+            )
+        ],
+    ),
+    "user-negative": (
+        W + "user = -1",
+        [(3, "services.web.user", "'services.web.user' must not be negative (got -1)")],
+    ),
+    "group-too-large": (
+        W + "group = 4294967295",
+        [
+            (
+                3,
+                "services.web.group",
+                "'services.web.group' must be at most 4294967294 (got 4294967295)",
+            )
+        ],
+    ),
+    "user-name": (
+        W + 'user = "nobody"',
+        [(3, "services.web.user", "'services.web.user' must be an integer (got 'nobody')")],
+    ),
+    "capabilities-unknown": (
+        W + 'capabilities = ["net_bind_service", "cap_fly"]',
+        [
+            (
+                3,
+                "services.web.capabilities",
+                (
+                    "'services.web.capabilities' has unknown capability 'cap_fly'; use names such "
+                    "as 'CAP_NET_BIND_SERVICE' or 'net_bind_service' (see capabilities(7))"
+                ),
+            )
+        ],
+    ),
+    "capabilities-string": (
+        W + 'capabilities = "net_admin"',
+        [
+            (
+                3,
+                "services.web.capabilities",
+                "'services.web.capabilities' must be a list of capability names (got 'net_admin')",
+            )
+        ],
+    ),
+    "no-new-privs-type": (
+        W + 'no_new_privs = "yes"',
+        [
+            (
+                3,
+                "services.web.no_new_privs",
+                "'services.web.no_new_privs' must be true or false (got 'yes')",
+            )
+        ],
+    ),
+    "limits-unknown-rlimit": (
+        W + "limits = { cpu_time = 10 }",
+        [
+            (
+                3,
+                "services.web.limits.cpu_time",
+                "'services.web.limits.cpu_time' is not a known key; did you mean 'cputime'?",
+            )
+        ],
+    ),
+    "limits-memory-negative": (
+        W + "limits = { memory = -5 }",
+        [
+            (
+                3,
+                "services.web.limits.memory",
+                "'services.web.limits.memory' must be positive (got -5)",
             )
         ],
     ),
