@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from . import _cmd_check, _cmd_exec, _cmd_run
+from . import _cmd_check, _cmd_control, _cmd_exec, _cmd_run
 from ._errors import NsupError
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = (_cmd_run, _cmd_check, _cmd_exec)
+_COMMANDS = (_cmd_run, _cmd_check, _cmd_exec, _cmd_control)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ invalid policy or bad usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -26,12 +27,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import _sys
+from ._control import BoundSocket, ControlServer, bind_control_socket
+from ._control_client import resolve_control_path
 from ._errors import PolicyError
+from ._http import HealthServer, open_health_socket
 from ._output import prefix_writer
 from ._policy import load_policy
 from ._supervisor import Supervisor
 
 if TYPE_CHECKING:
+    import socket
+
     from ._events import Event
 
 __all__ = ["register", "run"]
@@ -94,19 +100,33 @@ async def _log_events(sup: Supervisor, log: _Logger) -> None:
         log.event(event)
 
 
-async def _reload(sup: Supervisor, path: str, log: _Logger) -> None:
-    try:
-        policy = load_policy(path)
-    except (PolicyError, OSError) as exc:
-        log.line(f"reload of {path} refused; the running policy stays: {exc}")
-        return
-    outcome = await sup.reload(policy)
+async def _reload(sup: Supervisor, path: str, log: _Logger, lock: trio.Lock) -> dict[str, list[str]]:
+    """Re-read *path* and apply it; SIGHUP and the control socket's ``reload`` both come here.
+
+    Raises:
+        PolicyError, OSError: the new policy is invalid or unreadable; the old one stays.
+
+    """
+    async with lock:  # one reload at a time, whoever asked
+        try:
+            policy = load_policy(path)
+        except (PolicyError, OSError) as exc:
+            log.line(f"reload of {path} refused; the running policy stays: {exc}")
+            raise
+        outcome = await sup.reload(policy)
     summary = ", ".join(f"{k}: {', '.join(v)}" for k, v in outcome.items() if v) or "nothing changed"
     log.line(f"reloaded {path} ({summary})")
+    return outcome
 
 
-async def _main(path: str, log: _Logger) -> int:
+async def _reload_on_hup(sup: Supervisor, path: str, log: _Logger, lock: trio.Lock) -> None:
+    with contextlib.suppress(PolicyError, OSError):  # already reported
+        await _reload(sup, path, log, lock)
+
+
+async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.socket | None) -> int:
     policy = load_policy(path)
+    reload_lock = trio.Lock()
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
     with trio.open_signal_receiver(*signals) as receiver:
         async with trio.open_nursery() as nursery:
@@ -116,6 +136,13 @@ async def _main(path: str, log: _Logger) -> int:
                 f"running {path}: {len(policy.expanded())} services, pid {os.getpid()}",
                 pid=os.getpid(),
             )
+            server = ControlServer(sup, reload=lambda: _reload(sup, path, log, reload_lock), policy_path=path, log=log.line)
+            nursery.start_soon(server.serve, control.sock)
+            log.line(f"control socket {control.path}", control=control.path)
+            if health is not None:
+                host, port = health.getsockname()[:2]
+                nursery.start_soon(HealthServer(sup, lambda: server.stopping, log.line).serve, health)
+                log.line(f"health endpoint http://{host}:{port}/ (/healthz, /readyz, /metrics)")
             nursery.start_soon(sup.start_all)
 
             async def handle_signals() -> None:
@@ -123,9 +150,10 @@ async def _main(path: str, log: _Logger) -> int:
                     if signo == signal.SIGCHLD:
                         _reap_orphans()
                     elif signo == signal.SIGHUP:
-                        nursery.start_soon(_reload, sup, path, log)
+                        nursery.start_soon(_reload_on_hup, sup, path, log, reload_lock)
                     else:
                         log.line(f"{signal.Signals(signo).name}: stopping every service")
+                        server.stopping = True
                         await sup.stop_all()
 
             nursery.start_soon(handle_signals)
@@ -144,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``nsup run``; return the exit code."""
     log = _Logger(args.log_format)
     try:
-        load_policy(args.policy)
+        policy = load_policy(args.policy)
     except PolicyError as exc:
         for issue in exc.errors:
             log.line(str(issue))
@@ -152,8 +180,27 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.line(f"cannot read policy {args.policy}: {exc.strerror}")
         return 2
+    control_path = resolve_control_path(policy.supervisor.control, args.policy)
+    try:
+        control = bind_control_socket(control_path)  # before any service starts: never two on one socket
+    except OSError as exc:
+        log.line(exc.strerror or f"cannot create control socket {control_path}: {exc}")
+        return 2
+    health = None
+    if policy.supervisor.health is not None:
+        try:
+            health = open_health_socket(*policy.supervisor.health)
+        except OSError as exc:
+            control.close()
+            log.line(exc.strerror or str(exc))
+            return 2
     _raise_nofile()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would auto-reap ours
     if os.getpid() != 1:
         _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1)
-    return trio.run(_main, args.policy, log)
+    try:
+        return trio.run(_main, args.policy, log, control, health)
+    finally:
+        control.close()
+        if health is not None:
+            health.close()
