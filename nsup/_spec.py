@@ -8,6 +8,7 @@ is cloned.
 from __future__ import annotations
 
 import math
+import resource
 import signal
 from collections.abc import Iterable, Mapping
 from typing import Literal
@@ -141,10 +142,12 @@ def _limits(value: object) -> Limits:
                 f"'limits.rlimits' has unknown rlimit {name!r}; choose from "
                 f"{', '.join(sorted(RLIMITS))} (the CPU-time rlimit is 'cputime')"
             )
-        if not _is_int(limit) or not 0 <= limit <= _RLIM_INFINITY:
+        if not _is_int(limit) or not (
+            limit == resource.RLIM_INFINITY or 0 <= limit <= _RLIM_INFINITY
+        ):
             raise SpecError(
-                f"'limits.rlimits[{name!r}]' must be an integer from 0 to "
-                f"resource.RLIM_INFINITY (got {limit!r})"
+                f"'limits.rlimits[{name!r}]' must be an integer, 0 or more, or "
+                f"resource.RLIM_INFINITY for unlimited (got {limit!r})"
             )
     return value
 
