@@ -55,7 +55,10 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("policy", metavar="POLICY.toml")
     parser.add_argument(
-        "--log-format", choices=("text", "json"), default="text", help="nsup's own event lines on stderr"
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="nsup's own event lines on stderr",
     )
     parser.set_defaults(func=run)
 
@@ -66,7 +69,8 @@ class _Logger:
 
     def line(self, message: str, **fields: Any) -> None:
         if self.fmt == "json":
-            print(json.dumps({"event": "log", "message": message, **fields}), file=sys.stderr, flush=True)  # noqa: T201
+            record = {"event": "log", "message": message, **fields}
+            print(json.dumps(record), file=sys.stderr, flush=True)  # noqa: T201
         else:
             print(f"nsup: {message}", file=sys.stderr, flush=True)  # noqa: T201
 
@@ -100,7 +104,9 @@ async def _log_events(sup: Supervisor, log: _Logger) -> None:
         log.event(event)
 
 
-async def _reload(sup: Supervisor, path: str, log: _Logger, lock: trio.Lock) -> dict[str, list[str]]:
+async def _reload(
+    sup: Supervisor, path: str, log: _Logger, lock: trio.Lock
+) -> dict[str, list[str]]:
     """Re-read *path* and apply it; SIGHUP and the control socket's ``reload`` both come here.
 
     Raises:
@@ -114,7 +120,9 @@ async def _reload(sup: Supervisor, path: str, log: _Logger, lock: trio.Lock) -> 
             log.line(f"reload of {path} refused; the running policy stays: {exc}")
             raise
         outcome = await sup.reload(policy)
-    summary = ", ".join(f"{k}: {', '.join(v)}" for k, v in outcome.items() if v) or "nothing changed"
+    summary = (
+        ", ".join(f"{k}: {', '.join(v)}" for k, v in outcome.items() if v) or "nothing changed"
+    )
     log.line(f"reloaded {path} ({summary})")
     return outcome
 
@@ -136,12 +144,19 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
                 f"running {path}: {len(policy.expanded())} services, pid {os.getpid()}",
                 pid=os.getpid(),
             )
-            server = ControlServer(sup, reload=lambda: _reload(sup, path, log, reload_lock), policy_path=path, log=log.line)
+            server = ControlServer(
+                sup,
+                reload=lambda: _reload(sup, path, log, reload_lock),
+                policy_path=path,
+                log=log.line,
+            )
             nursery.start_soon(server.serve, control.sock)
             log.line(f"control socket {control.path}", control=control.path)
             if health is not None:
                 host, port = health.getsockname()[:2]
-                nursery.start_soon(HealthServer(sup, lambda: server.stopping, log.line).serve, health)
+                nursery.start_soon(
+                    HealthServer(sup, lambda: server.stopping, log.line).serve, health
+                )
                 log.line(f"health endpoint http://{host}:{port}/ (/healthz, /readyz, /metrics)")
             nursery.start_soon(sup.start_all)
 
@@ -182,7 +197,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     control_path = resolve_control_path(policy.supervisor.control, args.policy)
     try:
-        control = bind_control_socket(control_path)  # before any service starts: never two on one socket
+        control = bind_control_socket(
+            control_path
+        )  # before any service starts: never two on one socket
     except OSError as exc:
         log.line(exc.strerror or f"cannot create control socket {control_path}: {exc}")
         return 2

@@ -51,7 +51,7 @@ class NotifySocket:
     async def bind(self) -> None:
         """Bind the socket; children of any uid may send to it."""
         await self._sock.bind(self.path)
-        os.chmod(self.path, 0o666)  # the directory is private; children may run as other uids
+        os.chmod(self.path, 0o666)  # noqa: S103 - the directory is private; children may run as other uids
         self._bound = True
 
     async def serve(self, on_message: Callable[[dict[str, str]], None]) -> None:

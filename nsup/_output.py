@@ -17,11 +17,9 @@ if TYPE_CHECKING:
 
     import trio
 
-__all__ = ["MAX_LINE", "LineSink", "pump_lines", "prefix_writer"]
+__all__ = ["MAX_LINE", "prefix_writer", "pump_lines"]
 
 MAX_LINE = 64 * 1024
-
-LineSink = "Callable[[str, str], None]"
 
 _COLOURS = (31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
 
@@ -60,7 +58,9 @@ async def pump_lines(
         emit(pending)
 
 
-def prefix_writer(out: BinaryIO | None = None, *, colour: bool | None = None) -> Callable[[str, str], None]:
+def prefix_writer(
+    out: BinaryIO | None = None, *, colour: bool | None = None
+) -> Callable[[str, str], None]:
     """Return a sink writing ``NAME | line`` to *out* (default stdout), coloured on a terminal."""
     target = out if out is not None else sys.stdout.buffer
     if colour is None:
@@ -68,7 +68,7 @@ def prefix_writer(out: BinaryIO | None = None, *, colour: bool | None = None) ->
 
     def write(name: str, line: str) -> None:
         if colour:
-            code = _COLOURS[zlib.crc32(name.split(".")[0].encode()) % len(_COLOURS)]
+            code = _COLOURS[zlib.crc32(name.split(".", maxsplit=1)[0].encode()) % len(_COLOURS)]
             text = f"\x1b[{code}m{name}\x1b[0m | {line}\n"
         else:
             text = f"{name} | {line}\n"

@@ -49,10 +49,10 @@ def _socket_in_netns(pidfd: int, family: int) -> socket.socket:
     return result[0]
 
 
-async def tcp_once(host: str, port: int, proc: Process | None, timeout: float) -> bool:
+async def tcp_once(host: str, port: int, proc: Process | None, limit: float) -> bool:
     """Try one connect to *host*:*port*, in *proc*'s network namespace when it has one."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with trio.move_on_after(timeout):
+    with trio.move_on_after(limit):
         if proc is not None and "net" in proc.spec.namespaces:
             raw = await trio.to_thread.run_sync(_socket_in_netns, proc.pidfd, family)
             sock = trio.socket.from_stdlib_socket(raw)
@@ -67,24 +67,30 @@ async def tcp_once(host: str, port: int, proc: Process | None, timeout: float) -
     return False
 
 
-async def tcp_until(host: str, port: int, proc: Process | None, timeout: float) -> bool:
-    """Retry :func:`tcp_once` until it succeeds or *timeout* passes."""
-    with trio.move_on_after(timeout):
-        while not await tcp_once(host, port, proc, timeout):
+async def tcp_until(host: str, port: int, proc: Process | None, limit: float) -> bool:
+    """Retry :func:`tcp_once` until it succeeds or *limit* passes."""
+    with trio.move_on_after(limit):
+        while not await tcp_once(host, port, proc, limit):  # noqa: ASYNC110 - no event exists for "port listening"
             await trio.sleep(RETRY_INTERVAL)
         return True
     return False
 
 
-async def exec_probe(argv: tuple[str, ...], proc: Process, timeout: float) -> bool:
-    """Run *argv* inside *proc*'s namespaces; True if it exits 0 within *timeout*."""
+async def exec_probe(argv: tuple[str, ...], proc: Process, limit: float) -> bool:
+    """Run *argv* inside *proc*'s namespaces; True if it exits 0 within *limit*."""
     from ._process import spawn  # noqa: PLC0415 - _process imports nothing of ours back
     from ._spec import ProcessSpec  # noqa: PLC0415
 
     spec = ProcessSpec(
-        argv=argv, namespaces=(), stdout="null", stderr="null", stdin="null", join=proc, stop_timeout=1.0
+        argv=argv,
+        namespaces=(),
+        stdout="null",
+        stderr="null",
+        stdin="null",
+        join=proc,
+        stop_timeout=1.0,
     )
-    with trio.move_on_after(timeout):
+    with trio.move_on_after(limit):
         async with spawn(spec) as probe:
             return (await probe.wait()).success
     return False

@@ -73,7 +73,7 @@ class Action(enum.Enum):
     CANCEL_DELAY = "cancel_delay"  # drop a pending restart
 
 
-S, I, A = State, Input, Action
+S, I, A = State, Input, Action  # noqa: E741 - short names keep the table readable
 
 TRANSITIONS: dict[tuple[State, Input], tuple[Action, State]] = {
     (S.DOWN, I.START): (A.SPAWN, S.STARTING),

@@ -104,6 +104,7 @@ class Runner:
         self._delay_scope: trio.CancelScope | None = None
         self._restart_reason = ""
         self._nursery: trio.Nursery | None = None
+        self._scope = trio.CancelScope()
 
     # --- what others call -------------------------------------------------
 
@@ -137,23 +138,37 @@ class Runner:
             await self._changed.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The runner's task: read the inbox until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            async for event, generation, payload in self._inbox:
-                if generation is not None and generation != self.generation:
-                    continue
-                action, new_state = transition(self.state, event)
-                self.state = new_state
-                self._perform(action, event, payload)
-                self._changed.set()
-                self._changed = trio.Event()
-                self.sup.state_changed(self)
+        """The runner's task: read the inbox until :meth:`close`.
+
+        It is shielded from outside cancellation: when the code that owns the
+        supervisor is cancelled, the runners must live on long enough to stop
+        their processes in dependency order.  The supervisor closes them once
+        everything is down.
+        """
+        with trio.CancelScope(shield=True), self._scope:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._loop()
+
+    def close(self) -> None:
+        """End the runner's task and every task it started."""
+        self._scope.cancel()
+
+    async def _loop(self) -> None:
+        async for event, generation, payload in self._inbox:
+            if generation is not None and generation != self.generation:
+                continue
+            action, new_state = transition(self.state, event)
+            self.state = new_state
+            self._perform(action, event, payload)
+            self._changed.set()
+            self._changed = trio.Event()
+            self.sup.state_changed(self)
 
     # --- actions ------------------------------------------------------------
 
-    def _perform(self, action: Action, event: Input, payload: Any) -> None:
+    def _perform(self, action: Action, event: Input, payload: Any) -> None:  # noqa: C901, PLR0912 - one branch per action, as the table reads
         assert self._nursery is not None  # noqa: S101 - set before the first input
         if event in (Input.EXIT_RESTART, Input.EXIT_FINAL):
             self._record_exit(payload)
@@ -227,7 +242,9 @@ class Runner:
     async def _wait_dependencies(self) -> None:
         while True:
             pending = [
-                r for dep in self.instance.depends_on if (r := self.sup.runners.get(dep)) and not r.ready.is_set()
+                r
+                for dep in self.instance.depends_on
+                if (r := self.sup.runners.get(dep)) and not r.ready.is_set()
             ]
             if not pending:
                 return
@@ -309,7 +326,9 @@ class Runner:
         self._publish("exited", status=status, pid=proc.pid)
         return status
 
-    async def _pump(self, stream: trio.lowlevel.FdStream, hooks: list[Callable[[str], None]]) -> None:
+    async def _pump(
+        self, stream: trio.lowlevel.FdStream, hooks: list[Callable[[str], None]]
+    ) -> None:
         self.sup.pumps += 1
         try:
             async with stream:
@@ -319,7 +338,11 @@ class Runner:
             self.sup.pumps_changed.set()
 
     async def _readiness(
-        self, proc: Process, generation: int, notify: NotifySocket | None, hooks: list[Callable[[str], None]]
+        self,
+        proc: Process,
+        generation: int,
+        notify: NotifySocket | None,
+        hooks: list[Callable[[str], None]],
     ) -> None:
         probe = self.instance.spec.ready
         if probe is not None:
@@ -327,7 +350,9 @@ class Runner:
             with trio.move_on_after(probe.timeout):
                 ok = await self._probe_ready(probe, proc, notify, hooks)
             if not ok:
-                self._publish("unhealthy", message=f"not ready within {probe.timeout:g}s ({probe.kind} probe)")
+                self._publish(
+                    "unhealthy", message=f"not ready within {probe.timeout:g}s ({probe.kind} probe)"
+                )
                 self.send(Input.PROBE_FAILED, generation, "ready timeout")
                 return
         self.send(Input.READY, generation)
@@ -343,7 +368,11 @@ class Runner:
             self._publish("status", message=self.status_text)
 
     async def _probe_ready(
-        self, probe: Any, proc: Process, notify: NotifySocket | None, hooks: list[Callable[[str], None]]
+        self,
+        probe: Any,
+        proc: Process,
+        notify: NotifySocket | None,
+        hooks: list[Callable[[str], None]],
     ) -> bool:
         if probe.kind == "notify":
             assert notify is not None  # noqa: S101
@@ -377,7 +406,9 @@ class Runner:
             hooks.remove(on_line)
         return True
 
-    async def _health(self, proc: Process, generation: int, hooks: list[Callable[[str], None]]) -> None:
+    async def _health(
+        self, proc: Process, generation: int, hooks: list[Callable[[str], None]]
+    ) -> None:
         health = self.instance.spec.health
         assert health is not None  # noqa: S101
         seen = [False]
@@ -401,6 +432,8 @@ class Runner:
                 ok, seen[0] = seen[0], False
             failures = 0 if ok else failures + 1
             if failures >= health.retries:
-                self._publish("unhealthy", message=f"{health.kind} health probe failed {failures} times")
+                self._publish(
+                    "unhealthy", message=f"{health.kind} health probe failed {failures} times"
+                )
                 self.send(Input.PROBE_FAILED, generation, "health")
                 return

@@ -30,7 +30,9 @@ def spawn_exit_code(exc: SpawnError) -> int:
     return 125
 
 
-def spec_for(instance: ServiceInstance, notify_path: str | None) -> tuple[int, ProcessSpec, list[int]]:
+def spec_for(
+    instance: ServiceInstance, notify_path: str | None
+) -> tuple[int, ProcessSpec, list[int]]:
     """Build the spec for one start of *instance*.
 
     Returns:

@@ -63,9 +63,11 @@ class GaveUpError(NsupError, RuntimeError):
 
 
 def _runtime_dir() -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0 and os.access("/run", os.W_OK) else None)
+    base = os.environ.get("XDG_RUNTIME_DIR") or (
+        "/run" if os.geteuid() == 0 and os.access("/run", os.W_OK) else None
+    )
     path = tempfile.mkdtemp(prefix="nsup-", dir=base)
-    os.chmod(path, 0o711)  # children of other uids may reach their notify socket, not list it
+    os.chmod(path, 0o711)  # noqa: S103 - children of other uids may reach their notify socket, not list it
     return path
 
 
@@ -73,7 +75,10 @@ class Supervisor:
     """A running policy.  Made by :func:`open_supervisor` (or ``nsup run``)."""
 
     def __init__(
-        self, policy: Policy, nursery: trio.Nursery, output: Callable[[str, str], None] | None = None
+        self,
+        policy: Policy,
+        nursery: trio.Nursery,
+        output: Callable[[str, str], None] | None = None,
     ) -> None:
         """Prepare runners for *policy*; nothing starts until :meth:`start_all`."""
         self.policy = policy
@@ -115,7 +120,9 @@ class Supervisor:
         for name in list(names):
             runner = self.runners.get(name)
             if runner is not None:
-                await runner.wait_for(lambda r: r.state in (State.UP, State.ENDED) or self.done.is_set())
+                await runner.wait_for(
+                    lambda r: r.state in (State.UP, State.ENDED) or self.done.is_set()
+                )
 
     async def stop_all(self) -> None:
         """Stop every instance, dependents first; return once every process is reaped."""
@@ -128,6 +135,8 @@ class Supervisor:
                 await self.pumps_changed.wait()
                 self.pumps_changed = trio.Event()
         self._finish()
+        for runner in self.runners.values():
+            runner.close()
 
     async def _stop_group(self, names: list[str]) -> None:
         members = set(names)
@@ -181,7 +190,14 @@ class Supervisor:
         self._group_busy = True
         try:
             delay = failed._backoff.next_delay(time.monotonic() - failed._started_mono)  # noqa: SLF001
-            self.publish(Event(kind="restarting", service=failed.name, delay=delay, message=f"with {len(group)} services"))
+            self.publish(
+                Event(
+                    kind="restarting",
+                    service=failed.name,
+                    delay=delay,
+                    message=f"with {len(group)} services",
+                )
+            )
             await self._stop_group(group)
             await trio.sleep(delay)
             if self._stopping:
@@ -209,7 +225,9 @@ class Supervisor:
     def _named(self, names: Iterable[str]) -> list[Runner]:
         found = []
         for name in names:
-            matches = [r for n, r in self.runners.items() if n == name or n.rpartition(".")[0] == name]
+            matches = [
+                r for n, r in self.runners.items() if n == name or n.rpartition(".")[0] == name
+            ]
             if not matches:
                 known = ", ".join(self.order)
                 raise KeyError(f"no service {name!r} in this supervisor (known: {known})")
@@ -239,8 +257,10 @@ class Supervisor:
             runner.send(Input.RESTART)
         for runner in runners:
             await runner.wait_for(
-                lambda r: (r.generation > generations[r.name] and r.state in (State.UP, State.ENDED))
-                or self.done.is_set()
+                lambda r: (
+                    (r.generation > generations[r.name] and r.state in (State.UP, State.ENDED))
+                    or self.done.is_set()
+                )
             )
 
     def signal(self, name: str, signo: int) -> int:
@@ -283,7 +303,7 @@ class Supervisor:
     def _forget(self, name: str) -> None:
         runner = self.runners.pop(name)
         self._instances.pop(name)
-        runner._send.close()  # noqa: SLF001 - ends the runner's task
+        runner.close()
 
     def statistics(self) -> dict[str, int]:
         """Counts for metrics: instances, running, ready, restarts."""
