@@ -56,6 +56,20 @@ def exit_code(wait_status: int) -> int:
     return os.waitstatus_to_exitcode(wait_status)
 
 
+def _set_name(name: bytes) -> None:
+    """Show as *name* in ps and top (the comm field), not as python3."""
+    try:
+        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, name)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _reap(main_pid: int) -> int | None:
     """Reap every zombie now present; return the main child's status if reaped."""
     status = None
@@ -87,6 +101,7 @@ def run_init(
         os.write(report_fd, b"Eexec:%d\n" % (exc.errno or 0))
         os._exit(127)
     os.write(report_fd, b"S%d\n" % pid)
+    _set_name(b"nsup-init")
     os.closerange(3, report_fd)
     os.closerange(report_fd + 1, _MAX_FD)
     signals = signal.valid_signals()
