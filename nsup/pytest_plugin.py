@@ -72,10 +72,10 @@ from ._policy import Policy, load_policy
 from ._process import start_process
 from ._spec import ProcessSpec
 from ._supervisor import Supervisor
-from .testing import NsupLeakWarning, Worker
+from .testing import NsupLeakWarning, SpawnFixture, SupervisorFixture, Worker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 __all__ = ["MARKER", "nsup_spawn", "nsup_supervisor"]
 
@@ -558,7 +558,7 @@ async def _nsup_harness(
 
 
 @pytest.fixture
-async def nsup_spawn(_nsup_harness: _Harness) -> Callable[..., Awaitable[Worker]]:
+async def nsup_spawn(_nsup_harness: _Harness) -> SpawnFixture:
     """Start workers; everything they start is stopped, reaped and checked at teardown.
 
     Call it as ``await nsup_spawn(argv, **spec_options)`` or
@@ -571,7 +571,7 @@ async def nsup_spawn(_nsup_harness: _Harness) -> Callable[..., Awaitable[Worker]
 
 
 @pytest.fixture
-async def nsup_supervisor(_nsup_harness: _Harness) -> Callable[..., Awaitable[Supervisor]]:
+async def nsup_supervisor(_nsup_harness: _Harness) -> SupervisorFixture:
     """Run policies; each is stopped gracefully at teardown, and leaks are checked.
 
     Call it as ``await nsup_supervisor(policy)`` with a dict in the policy

@@ -21,22 +21,31 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import TYPE_CHECKING, final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeAlias, final
 
 import trio
 
 from ._exitstatus import ExitStatus
 from ._process import _NoPublicConstructor
+from ._supervisor import Supervisor
 
 if TYPE_CHECKING:
     from ._cgroup import CgroupStatistics
     from ._process import Process
     from ._spec import ProcessSpec
 
-__all__ = ["NsupLeakWarning", "Worker"]
+__all__ = ["NsupLeakWarning", "SpawnFixture", "SupervisorFixture", "Worker"]
 
 TAIL = 20  # lines of output quoted in a failure message
 DRAIN = 1.0  # seconds to wait for output to reach EOF once a worker has exited
+
+
+SpawnFixture: TypeAlias = Callable[..., Awaitable["Worker"]]
+"""The type of the ``nsup_spawn`` fixture, for annotating tests."""
+
+SupervisorFixture: TypeAlias = Callable[..., Awaitable[Supervisor]]
+"""The type of the ``nsup_supervisor`` fixture, for annotating tests."""
 
 
 class NsupLeakWarning(UserWarning):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import select
 import textwrap
+from pathlib import Path
 
 import pytest
 from helpers import PYTHON
@@ -349,3 +350,10 @@ def test_bad_options_are_usage_errors(pytester, args, ini, message):
     result = run_inner(pytester, "async def test_nothing():\n    pass\n", *args, ini=INI + ini)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+def test_the_example_project_passes(pytester):
+    """The README's command for examples/isolated-workers, run from here."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "isolated-workers"
+    result = pytester.runpytest_subprocess(str(example), timeout=120)
+    result.assert_outcomes(passed=3)
