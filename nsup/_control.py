@@ -367,8 +367,9 @@ class ControlServer:
                 return
             request_id = None
             try:
-                request = self._parse(line)
+                request = self._decode(line)
                 request_id = request.get("id")
+                self._validate(request)
                 if request["cmd"] == "events":
                     await self._events(stream, reader, request_id)
                     return
@@ -387,7 +388,8 @@ class ControlServer:
             self.requests += 1
             await self._send(stream, reply)
 
-    def _parse(self, line: bytes | _TooLong) -> dict[str, Any]:
+    @staticmethod
+    def _decode(line: bytes | _TooLong) -> dict[str, Any]:
         if isinstance(line, _TooLong):
             raise _RequestError("too_long", f"a request line may be at most {MAX_LINE} bytes")
         try:
@@ -398,6 +400,9 @@ class ControlServer:
             raise _RequestError(
                 "bad_request", 'a request is a JSON object, like {"v": 1, "cmd": "status"}'
             )
+        return request
+
+    def _validate(self, request: dict[str, Any]) -> None:
         if request.get("v") != PROTOCOL_VERSION:
             raise _RequestError(
                 "unsupported_version",
@@ -408,7 +413,6 @@ class ControlServer:
         if cmd != "events" and cmd not in self._commands:
             known = ", ".join([*self._commands, "events"])
             raise _RequestError("unknown_command", f"unknown command {cmd!r}; known: {known}")
-        return request
 
     @staticmethod
     def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:

@@ -200,6 +200,13 @@ class ControlClient:
         try:
             self._sock.sendall(json.dumps(message).encode() + b"\n")
         except OSError as exc:
+            # A refused peer is told why before the connection closes: show that.
+            try:
+                refusal = self._receive()
+            except ControlUnavailableError:
+                refusal = None
+            if refusal is not None and refusal.get("ok") is False:
+                raise ControlError(refusal) from None
             raise ControlUnavailableError(self.path, _reason(exc)) from None
 
     def _receive(self) -> dict[str, Any] | None:
