@@ -4,9 +4,11 @@ Signals: SIGTERM and SIGINT stop every service gracefully (dependents first)
 and exit 0; SIGHUP re-reads the policy and applies only what changed (an
 invalid new policy is reported and the old one keeps running).  nsup makes
 itself a child subreaper (as PID 1 of a container it is one already) and
-reaps every orphan that is reparented to it: its own children are made with
-``exit_signal = 0`` and are invisible to that ``waitid(P_ALL)``, so the
-orphan reaper can never steal their statuses.
+reaps every orphan that is reparented to it.  It never waits for "any
+child": on SIGCHLD it lists its children and reaps, by pid, only those that
+are neither its zygote nor a child it holds a pidfd for (``OWNED``); while a
+clone is in flight (the child exists, its pid is not known yet) it waits
+for the reply, so a fast-dying new child is never mistaken for an orphan.
 
 Exit codes: 0 after a clean shutdown or when every service has ended and
 none will restart; 1 when nsup gave up (restart intensity exceeded); 2 for an
@@ -34,6 +36,7 @@ from ._http import HealthServer, open_health_socket
 from ._output import prefix_writer
 from ._policy import load_policy
 from ._supervisor import Supervisor
+from ._zygote_client import OWNED, hold_zygotes, zygote_pids
 
 if TYPE_CHECKING:
     import socket
@@ -88,15 +91,29 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _reap_orphans() -> None:
-    """Reap every exited orphan; our own clone children are not visible to this."""
-    while True:
+def _children() -> set[int]:
+    pids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
         try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        except FileNotFoundError:
+            continue  # the thread just ended
+    return pids
+
+
+def reap_orphans() -> None:
+    """Reap every exited child that is not ours (see the module docstring)."""
+    for pid in _children() - OWNED - zygote_pids():
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
         except ChildProcessError:
-            return
-        if info is None:
-            return
+            pass
+
+
+async def _reap_orphans_when_safe() -> None:
+    async with hold_zygotes():  # no clone in flight while we look
+        reap_orphans()
 
 
 async def _log_events(sup: Supervisor, log: _Logger) -> None:
@@ -163,7 +180,7 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
             async def handle_signals() -> None:
                 async for signo in receiver:
                     if signo == signal.SIGCHLD:
-                        _reap_orphans()
+                        await _reap_orphans_when_safe()
                     elif signo == signal.SIGHUP:
                         nursery.start_soon(_reload_on_hup, sup, path, log, reload_lock)
                     else:

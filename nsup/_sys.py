@@ -88,9 +88,9 @@ PR_CAP_AMBIENT_RAISE = 2
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 
-# <linux/wait.h>: wait for every child, whatever its exit signal.  Children made
-# with CLONE_PARENT have exit_signal 0, and waitid ignores such "clone children"
-# without this flag.
+# <linux/wait.h>: wait for a child whatever its exit signal.  Children made with
+# CLONE_PARENT get the zygote's exit signal (SIGCHLD), but __WALL keeps a wait
+# correct should that ever differ.
 WALL = 0x40000000
 
 _NR_CLONE3 = 435

@@ -18,13 +18,23 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Any
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ._errors import SpawnError
 
-__all__ = ["get_zygote"]
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+__all__ = ["OWNED", "get_zygote", "hold_zygotes", "zygote_pids"]
+
+# Every pid a zygote cloned for us that has not been reaped yet.  Children made
+# with CLONE_PARENT inherit the zygote's exit signal (SIGCHLD), so they are as
+# visible to ``waitid(P_ALL)`` as any child: ``nsup run``'s orphan reaper uses
+# this set (and waits out clones in flight) to leave them alone.
+OWNED: set[int] = set()
 
 _BOOT = (
     "import sys,types;"
@@ -51,6 +61,7 @@ class Zygote:
             str(theirs.fileno()),
         ]
         self._proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        self.pid = self._proc.pid
         theirs.close()
         self._stdsock = ours
         self._sock = trio.socket.from_stdlib_socket(ours)
@@ -80,7 +91,9 @@ class Zygote:
                 if not msg:
                     self.broken = True
                     raise SpawnError(0, "the nsup zygote exited; see its message above", "zygote")
-        pid, errno, message = marshal.loads(msg)  # noqa: S302 - our own zygote
+                pid, errno, message = marshal.loads(msg)  # noqa: S302 - our own zygote
+                if pid > 0:
+                    OWNED.add(pid)
         pidfd = -1
         for level, kind, data in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -98,6 +111,21 @@ class Zygote:
 
 
 _zygotes: dict[tuple[int, int], Zygote] = {}
+
+
+def zygote_pids() -> set[int]:
+    """The pids of this process's zygotes (its own ``subprocess`` children)."""
+    return {z.pid for key, z in _zygotes.items() if key[0] == os.getpid()}
+
+
+@asynccontextmanager
+async def hold_zygotes() -> AsyncIterator[None]:
+    """Hold every zygote's lock: inside, no clone request is in flight."""
+    async with AsyncExitStack() as stack:
+        for key, zygote in list(_zygotes.items()):
+            if key[0] == os.getpid():
+                await stack.enter_async_context(zygote._lock)  # noqa: SLF001 - same module
+        yield
 
 
 def get_zygote() -> Zygote:
