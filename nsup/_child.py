@@ -251,12 +251,15 @@ def _resolve(name: str, env: dict[str, str]) -> str:
     raise OSError(13 if denied else 2, name)  # EACCES or ENOENT
 
 
-def _setup(req: dict[str, Any], fds: list[int], supervisor_pidfd: int, sync_fd: int) -> None:
+def _setup(req: dict[str, Any], fds: list[int], supervisor_pidfd: int, sync_fd: int) -> None:  # noqa: C901 - the stages in bubblewrap's order, one branch each
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
     if select.select([supervisor_pidfd], [], [], 0)[0]:
         os._exit(1)  # the supervisor died before PDEATHSIG was armed
     for name, index in req["cgroup_join"]:
         _stage(f"join cgroup {name}", os.write, fds[index], b"0")
+    if req["join"] >= 0 and req["join_flags"]:
+        # Enter the other child's namespaces at once: setns on a pidfd (Linux 5.8).
+        _stage("setns", _sys.setns, fds[req["join"]], req["join_flags"])
     flags = req["flags"]
     if sync_fd >= 0:
         # The zygote writes our uid/gid maps, then closes its end of this pipe.
@@ -295,7 +298,9 @@ def child_main(
         sources = fds[1 : 1 + len(targets)]
         report_fd = _stage("pass descriptors", _move_fds, targets, sources, report_fd)
         if req["init"]:
-            _init.run_init(path, argv, env, report_fd)  # signals stay blocked for init
+            # Signals stay blocked for init.  Without a PID namespace it is a subreaper.
+            subreaper = not req["flags"] & CLONE_FLAGS["pid"]
+            _init.run_init(path, argv, env, report_fd, subreaper=subreaper)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         _stage("exec", os.execve, path, argv, env)
     except _StageError as exc:

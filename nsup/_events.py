@@ -23,6 +23,7 @@ EventKind = Literal[
     "exited",  # it ended; status says how
     "restarting",  # it will be started again after delay seconds
     "stopping",  # nsup is stopping it (request, reload or shutdown)
+    "killed",  # it ignored its stop signal until the stop timeout: SIGKILL sent
     "unhealthy",  # a health or readiness probe failed
     "gave_up",  # restart intensity exceeded: nsup stops everything
     "spawn_failed",  # the command could not be started; message says why

@@ -15,6 +15,13 @@ from the zygote (so plain Python is safe here: no other thread exists).  It
    128+N for signal N (PID 1 cannot kill itself by a signal).  The kernel then
    kills whatever is left in the namespace.
 
+Without a PID namespace the init cannot rely on the kernel to end the tree,
+so it becomes a *child subreaper* instead: orphans anywhere below it are
+reparented to it, even double-forked daemons.  When the command exits, or
+when the supervisor dies (its parent-death signal, checked against
+``getppid()``), it SIGKILLs every descendant, reaps them, and exits.  This is
+the same guarantee a PID namespace gives, by hand.
+
 A signal the terminal sent to the whole foreground process group (si_code
 ``SI_KERNEL``) already reached the command too when it shares init's process
 group (the command always does: a new session, when asked for, is made
@@ -27,9 +34,14 @@ import os
 import signal
 from typing import NoReturn
 
+from . import _sys
+
 __all__ = ["FORWARD_NEVER", "run_init"]
 
 SI_KERNEL = 0x80
+# The parent-death signal of a subreaper init: one nobody else sends, and it is
+# never forwarded; getppid() tells whether the supervisor really died.
+PARENT_DIED = signal.SIGRTMIN + 3
 _MAX_FD = 1 << 20  # above any RLIMIT_NOFILE; closerange uses close_range(2)
 
 # Never forwarded: SIGCHLD is ours; the synchronous faults cannot arrive
@@ -70,6 +82,46 @@ def _set_name(name: bytes) -> None:
         os.close(fd)
 
 
+def _descendants() -> list[int]:
+    found: list[int] = []
+    todo = [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except FileNotFoundError:
+                continue
+            found.extend(children)
+            todo.extend(children)
+    return found
+
+
+def _kill_tree() -> None:
+    """SIGKILL every descendant and reap until none is left (we are their subreaper)."""
+    while True:
+        for pid in _descendants():
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue  # gone already
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
 def _reap(main_pid: int) -> int | None:
     """Reap every zombie now present; return the main child's status if reaped."""
     status = None
@@ -89,12 +141,20 @@ def run_init(
     argv: list[str],
     env: dict[str, str],
     report_fd: int,
+    *,
+    subreaper: bool = False,
 ) -> NoReturn:
     """Be PID 1: spawn *path* with *argv* and *env*, forward signals, reap, exit.
 
     Once the command runs, init closes every descriptor but 0, 1, 2 and
     *report_fd*: what the command was given is the command's alone.
     """
+    parent = os.getppid()
+    if subreaper:
+        _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1)
+        _sys.prctl(_sys.PR_SET_PDEATHSIG, PARENT_DIED)
+        if os.getppid() != parent:
+            os._exit(1)  # the supervisor died while the signal was being changed
     try:
         pid = os.posix_spawn(path, argv, env, setsigmask=())
     except OSError as exc:
@@ -109,11 +169,18 @@ def run_init(
     while status is None:
         info = signal.sigwaitinfo(signals)
         signo = info.si_signo
+        if subreaper and os.getppid() != parent:
+            _kill_tree()  # the supervisor is gone: nothing of ours may outlive it
+            os._exit(128 + signal.SIGKILL)
         if signo == signal.SIGCHLD:
             status = _reap(pid)
+        elif signo == PARENT_DIED:
+            continue
         elif signo not in FORWARD_NEVER and info.si_code != SI_KERNEL:
             # The command is our unreaped child, so its pid cannot be recycled.
             os.kill(pid, signo)
+    if subreaper:
+        _kill_tree()  # what the command left behind goes with it, as in a PID namespace
     _reap(pid)
     os.write(report_fd, b"X%d\n" % status)
     os._exit(exit_code(status))

@@ -3,9 +3,10 @@
 Every signal goes through ``pidfd_send_signal`` and every wait through the
 pidfd (``trio.lowlevel.wait_readable``, then ``waitid(P_PIDFD)``), so a
 recycled pid can never be hit and nothing polls.  Children are made with
-``CLONE_PARENT`` and ``exit_signal = 0``: they send no SIGCHLD and a plain
-``waitpid(-1)`` elsewhere in the program cannot steal them (it would need
-``__WALL``).
+``CLONE_PARENT``, so they are the supervisor's own children; the kernel gives
+them the zygote's exit signal (SIGCHLD).  nsup itself never calls
+``waitpid(-1)``; code elsewhere in the same program that does would steal
+their statuses, as it would from any library that runs children.
 
 The report pipe: the child holds the close-on-exec write end.  EOF means the
 exec worked; ``E<stage>:<errno>`` means a stage failed before exec (the child
@@ -28,11 +29,12 @@ import trio
 
 from . import _cgroup, _sys
 from ._caps import cap_last_cap, mask_of
+from ._errors import SpawnError
 from ._exitstatus import ExitStatus
 from ._namespaces import CLONE_FLAGS
 from ._policy_model import RLIMITS
 from ._spawn_errors import spawn_error
-from ._zygote_client import get_zygote
+from ._zygote_client import OWNED, get_zygote
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -87,6 +89,7 @@ class Process(metaclass=_NoPublicConstructor):
         self.stdout: trio.lowlevel.FdStream | None = None
         self.stderr: trio.lowlevel.FdStream | None = None
         self.status: ExitStatus | None = None
+        self.escalated = False  # terminate() had to send SIGKILL
         self._report_fd = report_fd
         self._report = b""
         self._wait_lock = trio.Lock()
@@ -152,11 +155,24 @@ class Process(metaclass=_NoPublicConstructor):
         return self.status
 
     def _reap(self) -> None:
-        info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | _sys.WALL)
+        try:
+            info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | _sys.WALL)
+        except ChildProcessError:
+            # Another waitpid(-1) in this program reaped it first: the status is gone.
+            warnings.warn(
+                f"nsup: the exit status of pid {self.pid} was taken by another waitpid() in this "
+                "program; reporting code 255",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            OWNED.discard(self.pid)
+            self.status = ExitStatus(code=255)
+            return
         assert info is not None  # noqa: S101 - blocking waitid always returns a result
         self._record(info)
 
     def _record(self, info: os.waitid_result) -> None:
+        OWNED.discard(self.pid)
         status = ExitStatus.from_siginfo(info.si_code, info.si_status)
         if self._report_fd >= 0:
             self._read_report()
@@ -182,11 +198,14 @@ class Process(metaclass=_NoPublicConstructor):
             return False
         return True
 
-    async def terminate(self, grace: float | None = None) -> ExitStatus:
+    async def terminate(self, grace: float | None = None, *, warn: bool = True) -> ExitStatus:
         """Stop the child: the spec's stop signal, then SIGKILL after *grace* seconds.
 
         *grace* defaults to the spec's ``stop_timeout``.  Returns as soon as
         the child is reaped.  Shielded from cancellation, so it always finishes.
+        If SIGKILL was needed, ``escalated`` is set and, with *warn*, a
+        RuntimeWarning says so (after the kill, so a warning turned into an
+        error cannot leave the child running).
         """
         timeout = self.spec.stop_timeout if grace is None else grace
         with trio.CancelScope(shield=True):
@@ -195,13 +214,18 @@ class Process(metaclass=_NoPublicConstructor):
                 with trio.move_on_after(timeout) as scope:
                     await self.wait()
                 if scope.cancelled_caught:
-                    warnings.warn(
-                        f"nsup: {self!r} ignored {self.spec.stop_signal.name} for {timeout} "
-                        "seconds; sending SIGKILL",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
                     self.kill()
+                    self.escalated = True
+                    if warn:
+                        try:
+                            warnings.warn(
+                                f"nsup: {self!r} ignored {self.spec.stop_signal.name} for "
+                                f"{timeout} seconds; sending SIGKILL",
+                                RuntimeWarning,
+                                stacklevel=2,
+                            )
+                        finally:
+                            await self.wait()
             status = await self.wait()
         return status  # noqa: RET504 - outside the scope: mypy cannot see a shielded scope never swallows
 
@@ -287,7 +311,17 @@ def _request(spec: ProcessSpec, targets: list[int], rootfs: str | None) -> dict[
         "caps": None if spec.capabilities is None else mask_of(spec.capabilities),
         "cap_last": cap_last_cap() if spec.capabilities is not None else 0,
         "nnp": spec.no_new_privs,
+        "join": -1,
+        "join_flags": _join_flags(spec),
     }
+
+
+def _join_flags(spec: ProcessSpec) -> int:
+    flags = 0
+    if spec.join is not None:
+        for name in spec.join.spec.namespaces:
+            flags |= CLONE_FLAGS[name]
+    return flags
 
 
 def _add_cgroup_fds(request: dict[str, Any], fds: list[int], cgroup: _cgroup.Cgroup | None) -> None:
@@ -377,6 +411,11 @@ async def start_process(spec: ProcessSpec) -> Process:
         targets = [0, 1, 2, *spec.pass_fds]
         request = _request(spec, targets, rootfs)
         fds = [report_w, *stdio, *spec.pass_fds.values()]
+        if spec.join is not None:
+            if spec.join.status is not None or spec.join.pidfd < 0:
+                raise SpawnError(3, f"'join' names {spec.join!r}, which has exited", "setns")
+            request["join"] = len(fds)
+            fds.append(spec.join.pidfd)
         _add_cgroup_fds(request, fds, cgroup)
         pid, err, message, pidfd = await zygote.clone(request, fds)
         child_ends.close()  # only the child holds them now

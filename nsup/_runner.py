@@ -27,7 +27,7 @@ from ._events import Event, EventKind
 from ._exitstatus import ExitStatus
 from ._notify import NotifySocket
 from ._output import pump_lines
-from ._probes import exec_probe, tcp_once, tcp_until
+from ._probes import RETRY_INTERVAL, exec_probe, tcp_once, tcp_until
 from ._process import Process, start_process
 from ._restart import Action, BackoffCounter, Input, State, transition, wants_restart
 from ._service_spec import spawn_exit_code, spec_for
@@ -175,7 +175,9 @@ class Runner:
         if action is Action.SPAWN:
             self.generation += 1
             self.ready = trio.Event()
-            self._nursery.start_soon(self._incarnation, self.generation)
+            # Made here, not in the task: a STOP may come before the task runs.
+            self._abort = trio.CancelScope()
+            self._nursery.start_soon(self._incarnation, self.generation, self._abort)
         elif action is Action.ANNOUNCE_READY:
             self.ready.set()
             self._publish("ready")
@@ -232,7 +234,14 @@ class Runner:
             if self._abort is not None:
                 self._abort.cancel()  # still waiting for dependencies, or spawning
             return
-        self._nursery.start_soon(self.proc.terminate)
+        self._nursery.start_soon(self._terminate, self.proc)
+
+    async def _terminate(self, proc: Process) -> None:
+        await proc.terminate(warn=False)
+        if proc.escalated:
+            signame = proc.spec.stop_signal.name
+            message = f"ignored {signame} for {proc.spec.stop_timeout:g}s; sent SIGKILL"
+            self._publish("killed", pid=proc.pid, message=message)
 
     def _publish(self, kind: EventKind, **fields: Any) -> None:
         self.sup.publish(Event(kind=kind, service=self.name, **fields))
@@ -250,14 +259,13 @@ class Runner:
                 return
             await pending[0].ready.wait()
 
-    async def _incarnation(self, generation: int) -> None:
-        self._abort = trio.CancelScope()
+    async def _incarnation(self, generation: int, abort: trio.CancelScope) -> None:
         started = None
-        with self._abort:
+        with abort:
             await self._wait_dependencies()
             self._publish("starting")
             started = await self._start(generation)
-        if self._abort.cancelled_caught:
+        if abort.cancelled_caught:
             self.send(Input.EXIT_FINAL, generation, None)  # stopped before it ran
             return
         if started is None:
@@ -392,7 +400,9 @@ class Runner:
             host, port = probe.tcp
             return await tcp_until(host, port, proc, probe.timeout)
         if probe.kind == "exec":
-            return await exec_probe(probe.exec, proc, probe.timeout)
+            while not await exec_probe(probe.exec, proc, probe.timeout):  # noqa: ASYNC110 - no event for "ready"
+                await trio.sleep(RETRY_INTERVAL)
+            return True
         matched = trio.Event()
 
         def on_line(line: str) -> None:

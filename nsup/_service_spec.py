@@ -83,6 +83,12 @@ def spec_for(
             new_session=True,
             stop_signal=service.stop.signal,
             stop_timeout=service.stop.timeout,
+            limits=service.limits,
+            rootfs=service.rootfs,
+            user=service.user,
+            group=service.group,
+            capabilities=service.capabilities,
+            no_new_privs=service.no_new_privs,
         )
     except BaseException:
         for fd in [read_fd, *close_after]:

@@ -69,6 +69,8 @@ _FIXED_HINTS = {
     "chdir": "the working directory must exist inside the child (after mounts)",
     "uid_map": "an unprivileged caller may map only its own uid and gid, each to a single id",
     "sethostname": "the hostname must be 1 to 64 bytes",
+    "setns": "the process whose namespaces were to be joined has exited, "
+    "or setns on a pidfd needs Linux >= 5.8",
 }
 
 

@@ -56,7 +56,6 @@ default 5) and ``--nsup-leaks error|warn`` (ini ``nsup_leaks``, default
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import signal
 import uuid
@@ -277,11 +276,6 @@ class _Supervised:
         await self.finished.wait()
 
 
-_KILL_WARNING = re.compile(
-    r"nsup: <nsup\.Process (\d+) (.*): running> ignored (\w+) for (\S+) seconds; sending SIGKILL"
-)
-
-
 class _Harness:
     """Everything one test started through the fixtures, and the teardown that ends it."""
 
@@ -397,22 +391,24 @@ class _Harness:
             raise sup.gave_up
 
     async def _stop_supervisor(self, sup: Supervisor) -> None:
-        # Process.terminate() warns when it has to kill; turn that into a finding.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        # The supervisor publishes a "killed" event for each service that ignored
+        # its stop signal; each becomes a finding.
+        killed = []
+
+        async def collect(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            events = sup.events()
+            task_status.started()
+            # Ends when stop_all() closes the bus.
+            killed.extend([event async for event in events if event.kind == "killed"])
+
+        commands = {name: runner.instance.spec.command for name, runner in sup.runners.items()}
+        async with trio.open_nursery() as nursery:
+            await nursery.start(collect)
             await sup.stop_all()
-        for warning in caught:
-            match = _KILL_WARNING.match(str(warning.message))
-            if warning.category is RuntimeWarning and match:
-                pid, argv, sig, timeout = match.groups()
-                command = shlex.join(_argv_from_repr(argv))
-                self.findings.append(
-                    f"pid {pid} ignored {sig} for {timeout}s at teardown and was killed: {command}"
-                )
-            else:
-                warnings.warn_explicit(
-                    warning.message, warning.category, warning.filename, warning.lineno
-                )
+        for event in killed:
+            command = shlex.join(commands.get(event.service, ()))
+            what = event.message.replace("; sent SIGKILL", "")
+            self.findings.append(f"pid {event.pid} {what} at teardown and was killed: {command}")
 
     # --- teardown ---
 
@@ -480,17 +476,6 @@ class _Harness:
                     f"pid {pid} ignored SIGTERM for {self.options.timeout:g}s at teardown "
                     f"and was killed: {found.cmdline}"
                 )
-
-
-def _argv_from_repr(text: str) -> list[str]:
-    """Parse the ``['a', 'b']`` argv that ``Process.__repr__`` shows."""
-    import ast  # noqa: PLC0415 - only for this rare report
-
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return [text]
-    return [str(v) for v in value] if isinstance(value, list) else [text]
 
 
 async def _until_stopped(handle: _Supervised) -> None:

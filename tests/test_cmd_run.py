@@ -38,9 +38,11 @@ class Run:
         with trio.fail_after(20):
             while True:
                 record = await self.next_record()
-                if record["event"] == event and (service is None or record.get("service") == service):
-                    if all(record.get(k) == v for k, v in fields.items()):
-                        return record
+                wanted = record["event"] == event and (
+                    service is None or record.get("service") == service
+                )
+                if wanted and all(record.get(k) == v for k, v in fields.items()):
+                    return record
 
     async def drain(self) -> None:
         try:
@@ -50,7 +52,11 @@ class Run:
             pass
 
     def of(self, event: str, service: str | None = None) -> list[dict]:
-        return [r for r in self.records if r["event"] == event and (service is None or r.get("service") == service)]
+        return [
+            r
+            for r in self.records
+            if r["event"] == event and (service is None or r.get("service") == service)
+        ]
 
 
 @pytest.fixture
@@ -61,7 +67,9 @@ async def nsup_run(tmp_path):
         path = tmp_path / "policy.toml"
         path.write_text(policy_text)
         proc = await trio.lowlevel.open_process(
-            [*NSUP, "run", str(path), "--log-format", "json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [*NSUP, "run", str(path), "--log-format", "json"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         run = Run(proc)
         runs.append(run)
@@ -91,14 +99,19 @@ async def test_sigterm_stops_dependents_first_and_exits_0(nsup_run):
     run.proc.send_signal(signal.SIGTERM)
     await run.drain()
     assert await run.proc.wait() == 0
-    order = [(r["event"], r.get("service")) for r in run.records if r["event"] in ("stopping", "exited")]
+    order = [
+        (r["event"], r.get("service")) for r in run.records if r["event"] in ("stopping", "exited")
+    ]
     assert order == [("stopping", "web"), ("exited", "web"), ("stopping", "db"), ("exited", "db")]
 
 
 async def test_sighup_reload_touches_only_what_changed(nsup_run):
     run, path = await nsup_run(TWO)
     await run.wait_for("ready", "web")
-    path.write_text(TWO.replace('["sleep", "100"]', '["sleep", "101"]') + '\n[services.extra]\ncommand = ["sleep", "100"]\n')
+    path.write_text(
+        TWO.replace('["sleep", "100"]', '["sleep", "101"]')
+        + '\n[services.extra]\ncommand = ["sleep", "100"]\n'
+    )
     run.proc.send_signal(signal.SIGHUP)
     await run.wait_for("ready", "extra")
     record = await run.wait_for("log")
@@ -127,7 +140,8 @@ async def test_invalid_reload_keeps_the_running_policy(nsup_run):
     run.proc.send_signal(signal.SIGTERM)
     await run.drain()
     assert await run.proc.wait() == 0
-    assert run.of("stopping", "db") and len(run.of("started", "db")) == 1
+    assert run.of("stopping", "db")
+    assert len(run.of("started", "db")) == 1
 
 
 async def test_gives_up_with_exit_1_naming_the_service(nsup_run):
@@ -139,12 +153,16 @@ async def test_gives_up_with_exit_1_naming_the_service(nsup_run):
     assert await run.proc.wait() == 1
     assert run.of("gave_up", "crash")
     assert run.records[-1]["service"] == "crash"
-    assert run.records[-1]["message"].startswith("gave up: 'crash' made more than 2 restarts within 10s")
+    assert run.records[-1]["message"].startswith(
+        "gave up: 'crash' made more than 2 restarts within 10s"
+    )
     assert run.of("exited", "fine")
 
 
 async def test_exits_0_when_every_service_ended(nsup_run):
-    run, _ = await nsup_run('[services.once]\ncommand = ["true"]\n[services.twice]\ncommand = ["sh", "-c", "exit 0"]\n')
+    run, _ = await nsup_run(
+        '[services.once]\ncommand = ["true"]\n[services.twice]\ncommand = ["sh", "-c", "exit 0"]\n'
+    )
     await run.drain()
     assert await run.proc.wait() == 0
     assert run.records[-1]["message"] == "every service is down; exiting"
@@ -173,15 +191,18 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("namespaces", ['["pid", "mount"]', "[]"], ids=["pid-namespace", "no-namespace"])
+@pytest.mark.parametrize(
+    "namespaces", ['["pid", "mount"]', "[]"], ids=["pid-namespace", "no-namespace"]
+)
 async def test_sigkill_of_nsup_leaves_no_descendant(nsup_run, namespaces):
     run, _ = await nsup_run(
         f"[defaults]\nnamespaces = {namespaces}\n"
         '[services.tree]\ncommand = ["sh", "-c", "sleep 100 & sleep 100 & echo up; wait"]\nready = { log = "up" }\n'
         '[services.daemon]\ncommand = ["sh", "-c", "(setsid sleep 100 &); echo up; exec sleep 100"]\nready = { log = "up" }\n'
     )
-    await run.wait_for("ready", "tree")
-    await run.wait_for("ready", "daemon")
+    with trio.fail_after(20):
+        while not (run.of("ready", "tree") and run.of("ready", "daemon")):
+            await run.next_record()
     pids = _descendants(run.proc.pid)
     assert len(pids) >= 6
     pidfds = [os.pidfd_open(pid) for pid in pids]

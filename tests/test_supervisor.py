@@ -14,8 +14,6 @@ from nsup._policy import Policy
 from nsup._restart import State
 from nsup._supervisor import GaveUpError, Supervisor, open_supervisor
 
-pytestmark = pytest.mark.filterwarnings("ignore:nsup.*sending SIGKILL:RuntimeWarning")
-
 FAST = {"initial": "10ms", "max": "10ms", "factor": 1.0, "jitter": 0.0}
 
 
@@ -182,8 +180,21 @@ LISTEN = (
             {"command": ["sh", "-c", "sleep 0.2; echo accepting connections; exec sleep 100"]},
             {"log": "accepting", "timeout": "10s"},
         ),
+        (
+            {"command": [PYTHON, "-I", "-S", "-c", LISTEN], "namespaces": ["pid", "mount", "net"]},
+            {
+                "exec": [
+                    PYTHON,
+                    "-I",
+                    "-S",
+                    "-c",
+                    "import socket; socket.create_connection(('127.0.0.1', 7777))",
+                ],
+                "timeout": "10s",
+            },
+        ),
     ],
-    ids=["notify", "tcp", "log"],
+    ids=["notify", "tcp", "log", "exec-in-netns"],
 )
 async def test_dependents_start_after_readiness(recorded, db, ready):
     pol = policy(
@@ -260,6 +271,9 @@ async def test_stop_escalates_to_sigkill(recorded):
     await sup.stop("stubborn")
     assert 0.3 <= time.monotonic() - started < 3
     assert sup.status()["stubborn"].last_exit == nsup.ExitStatus(signal=signal.SIGKILL)
+    assert [e.message for e in rec.of("killed", "stubborn")] == [
+        "ignored SIGTERM for 0.3s; sent SIGKILL"
+    ]
 
 
 async def test_stop_returns_as_soon_as_services_exit(recorded):
