@@ -294,7 +294,9 @@ async def test_no_cgroup_or_mount_left_after_200_children():
 
 async def _escaped_sleeper_is_killed():
     """Without a PID namespace or init, closing the handle kills what escaped into the cgroup."""
-    spec = nsup.ProcessSpec(argv=["sh", "-c", "sleep 1000 & echo $!"], namespaces=[], init=False, stdout="pipe")
+    spec = nsup.ProcessSpec(
+        argv=["sh", "-c", "sleep 1000 & echo $!"], namespaces=[], init=False, stdout="pipe"
+    )
     async with nsup.spawn(spec) as proc:
         sleeper = int(await read_line(proc.stdout))
         pidfd = os.pidfd_open(sleeper)
