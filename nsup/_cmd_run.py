@@ -63,6 +63,11 @@ def register(subparsers: Any) -> None:
         default="text",
         help="nsup's own event lines on stderr",
     )
+    parser.add_argument(
+        "--control",
+        metavar="PATH",
+        help="control socket path (overrides [supervisor] control; default printed at start)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -116,9 +121,12 @@ async def _reap_orphans_when_safe() -> None:
         reap_orphans()
 
 
-async def _log_events(sup: Supervisor, log: _Logger) -> None:
-    async for event in sup.events():
-        log.event(event)
+async def _log_events(sup: Supervisor, log: _Logger, drained: trio.Event) -> None:
+    try:
+        async for event in sup.events():  # ends once the supervisor closes its bus
+            log.event(event)
+    finally:
+        drained.set()
 
 
 async def _reload(
@@ -156,7 +164,8 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
     with trio.open_signal_receiver(*signals) as receiver:
         async with trio.open_nursery() as nursery:
             sup = Supervisor(policy, nursery, prefix_writer())
-            nursery.start_soon(_log_events, sup, log)
+            drained = trio.Event()
+            nursery.start_soon(_log_events, sup, log, drained)
             log.line(
                 f"running {path}: {len(policy.expanded())} services, pid {os.getpid()}",
                 pid=os.getpid(),
@@ -192,6 +201,8 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
             await sup.done.wait()
             with trio.CancelScope(shield=True):
                 await sup.stop_all()  # after a give-up: make sure everything is down
+                with trio.move_on_after(5):
+                    await drained.wait()  # every event line written before we exit
             nursery.cancel_scope.cancel()
     if sup.gave_up is not None:
         log.line(str(sup.gave_up), service=sup.gave_up.service)
@@ -212,11 +223,10 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.line(f"cannot read policy {args.policy}: {exc.strerror}")
         return 2
-    control_path = resolve_control_path(policy.supervisor.control, args.policy)
+    control_path = args.control or resolve_control_path(policy.supervisor.control, args.policy)
     try:
-        control = bind_control_socket(
-            control_path
-        )  # before any service starts: never two on one socket
+        # Before any service starts: never two supervisors on one socket.
+        control = bind_control_socket(control_path)
     except OSError as exc:
         log.line(exc.strerror or f"cannot create control socket {control_path}: {exc}")
         return 2

@@ -103,6 +103,7 @@ class Runner:
         self._abort: trio.CancelScope | None = None
         self._delay_scope: trio.CancelScope | None = None
         self._restart_reason = ""
+        self._exit_reason = ""  # why nsup is ending the current run, for last_reason
         self._nursery: trio.Nursery | None = None
         self._scope = trio.CancelScope()
 
@@ -183,10 +184,11 @@ class Runner:
             self._publish("ready")
         elif action is Action.KILL:
             if event is Input.PROBE_FAILED:
-                self._restart_reason = payload or "probe"
-                self.last_reason = self._restart_reason
+                self._restart_reason = self._exit_reason = payload or "probe"
             elif event is Input.RESTART:
                 self._restart_reason = "manual"
+            else:
+                self._restart_reason = ""
             self._kill()
         elif action is Action.ON_EXIT:
             self._on_exit(payload)
@@ -202,10 +204,11 @@ class Runner:
                 self.send(Input.START)
 
     def _record_exit(self, status: ExitStatus | None) -> None:
+        """Keep how the last run ended and why nsup ended it, if it did; nothing older."""
         if status is not None:
             self.last_exit = status
-            if getattr(status, "oom_killed", False):
-                self.last_reason = "oom"
+            self.last_reason = "oom" if status.oom_killed else self._exit_reason
+        self._exit_reason = ""
 
     def _on_exit(self, status: ExitStatus | None) -> None:
         uptime = time.monotonic() - self._started_mono
@@ -294,7 +297,7 @@ class Runner:
                 os.close(read_fd)
             if notify is not None:
                 notify.close()
-            self.last_reason = "spawn failed"
+            self._exit_reason = "spawn failed"
             self._publish("spawn_failed", message=str(exc))
             status = ExitStatus(code=spawn_exit_code(exc))
             restart = wants_restart(self.instance.spec.restart, status)

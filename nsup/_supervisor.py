@@ -250,7 +250,7 @@ class Supervisor:
             await runner.wait_for(lambda r: r.state in QUIET)
 
     async def restart(self, *names: str) -> None:
-        """Restart the named services now (no backoff, not counted); wait until ready."""
+        """Restart the named services now (no backoff, not counted toward intensity); wait until ready."""
         runners = self._named(names)
         generations = {r.name: r.generation for r in runners}
         for runner in runners:

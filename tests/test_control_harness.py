@@ -102,11 +102,19 @@ class NsupRun:
         assert reply["ok"], reply
         return {s["name"]: s for s in reply["services"]}
 
-    def settle(self, states: tuple[str, ...] = ("up", "ended")) -> None:
-        """Follow the event stream until every service is in one of *states*."""
+    def settle(
+        self, states: tuple[str, ...] = ("up", "ended"), ended: tuple[str, ...] = ()
+    ) -> None:
+        """Follow the event stream until every service is in one of *states* and *ended* have ended."""
+
+        def settled() -> bool:
+            status = self.status()
+            in_states = all(s["state"] in states for s in status.values())
+            return in_states and all(status[name]["state"] == "ended" for name in ended)
+
         with Conn(self.control) as conn:
             assert conn.ask({"v": 1, "cmd": "events"})["subscribed"]
-            while not all(s["state"] in states for s in self.status().values()):
+            while not settled():
                 assert conn.receive() is not None, "the supervisor stopped"
 
     def stop(self) -> int:

@@ -83,6 +83,7 @@ def test_healthz_and_errors(served):
 
 def test_metrics_parse_and_match_status(served):
     run, port = served(SERVICES)
+    run.settle(ended=("b",))  # b exits at once; compare once it has
     status, headers, body = get(port, "/metrics")
     assert status == 200
     assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"

@@ -90,11 +90,14 @@ def test_a_failing_test_still_cleans_up_everything(pytester):
     assert [True, True, True] == [gone(pid) for pid in read_pids(pytester)]
 
 
+# Only a worker with neither a PID namespace nor nsup's init can lose a daemon:
+# the init would be its subreaper and kill it.
 DAEMON = """
 async def test_leaks_a_daemon(nsup_spawn):
     worker = await nsup_spawn(
         ["sh", "-c", "(sh -c 'echo daemon $$; exec sleep 1000' &); exec sleep 1000"],
         namespaces=[],
+        init=False,
     )
     daemon = int((await worker.expect_line(r"daemon (\\d+)")).group(1))
     save_pids(daemon)
@@ -239,7 +242,7 @@ def test_a_daemon_escaping_a_supervised_service_is_reported(pytester):
         async def test_leaky_service(nsup_supervisor, tmp_path):
             flag = tmp_path / "daemon"
             command = f"(sh -c 'echo $$ > {flag}; exec sleep 1000' &); exec sleep 1000"
-            await nsup_supervisor({"services": {"leaky": {"command": ["sh", "-c", command], "namespaces": []}}})
+            await nsup_supervisor({"services": {"leaky": {"command": ["sh", "-c", command], "namespaces": [], "init": False}}})
             with trio.fail_after(5):
                 while not flag.exists() or not flag.read_text().strip():
                     await trio.sleep(0.01)  # the daemon writes it: no event to wait on
