@@ -45,6 +45,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import functools
 import itertools
 import os
 import signal
@@ -54,6 +55,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from . import _sys
 from ._errors import SpawnError
 
 if TYPE_CHECKING:
@@ -398,6 +400,10 @@ class Cgroup:
                 pass
         return found
 
+    def is_member(self, pid: int) -> bool:
+        """True while *pid* is in this cgroup."""
+        return pid in self.members()
+
     def kill_all(self) -> None:
         """SIGKILL every process in the cgroup: ``cgroup.kill`` where present, else each pid."""
         v2 = self.paths.get("v2")
@@ -407,19 +413,9 @@ class Cgroup:
             except OSError:
                 pass  # Linux < 5.14: by pid below
         for pid in self.members():
-            try:
-                pidfd = os.pidfd_open(pid)
-            except OSError:
-                continue  # gone already
-            try:
-                # The pid might have been recycled between reading cgroup.procs and
-                # pidfd_open: signal it only if that process is still a member.
-                if pid in self.members():
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            finally:
-                os.close(pidfd)
+            # The pid might have been recycled between reading cgroup.procs and
+            # pidfd_open: signal it only if that process is still a member.
+            _sys.signal_pid(pid, signal.SIGKILL, functools.partial(self.is_member, pid))
 
     def close_fds(self) -> None:
         """Close the descriptors handed to the zygote (the child has its own copies)."""

@@ -106,16 +106,8 @@ def _kill_tree() -> None:
     """SIGKILL every descendant and reap until none is left (we are their subreaper)."""
     while True:
         for pid in _descendants():
-            try:
-                fd = os.pidfd_open(pid)
-            except OSError:
-                continue  # gone already
-            try:
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            # Unreaped descendants keep their pids, and only we reap the orphans.
+            _sys.signal_pid(pid, signal.SIGKILL)
         try:
             os.waitpid(-1, 0)
         except ChildProcessError:

@@ -20,6 +20,11 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import signal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "AT_RECURSIVE",
@@ -53,6 +58,7 @@ __all__ = [
     "prctl",
     "sethostname",
     "setns",
+    "signal_pid",
     "umount2",
     "unshare",
 ]
@@ -286,6 +292,29 @@ def pivot_root(new_root: str, put_old: str) -> None:
     libc = _get_libc()
     result = libc.syscall(ctypes.c_long(number), _b(new_root), _b(put_old))
     _check(result, f"pivot_root({new_root!r}, {put_old!r})")
+
+
+def signal_pid(pid: int, signo: int, still_meant: Callable[[], bool] | None = None) -> bool:
+    """Signal *pid* through a pidfd; return False if it is gone.
+
+    A pid read from /proc may be recycled before it is signalled.  With
+    *still_meant*, the check that it is the process meant (a cgroup member,
+    a descendant) runs after the pidfd is open, when the pid can no longer
+    change hands, and the signal is sent only if it holds.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if still_meant is not None and not still_meant():
+            return False
+        signal.pidfd_send_signal(fd, signo)
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
