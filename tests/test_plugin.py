@@ -95,11 +95,12 @@ def test_a_failing_test_still_cleans_up_everything(pytester):
 DAEMON = """
 async def test_leaks_a_daemon(nsup_spawn):
     worker = await nsup_spawn(
-        ["sh", "-c", "(sh -c 'echo daemon $$; exec sleep 1000' &); exec sleep 1000"],
+        ["sh", "-c", "(sh -c 'exec sleep 1000' & echo daemon $!); echo orphaned; exec sleep 1000"],
         namespaces=[],
         init=False,
     )
     daemon = int((await worker.expect_line(r"daemon (\\d+)")).group(1))
+    await worker.expect_line("orphaned")  # its parent, the subshell, has exited
     save_pids(daemon)
 """
 
@@ -241,7 +242,8 @@ def test_a_daemon_escaping_a_supervised_service_is_reported(pytester):
         """
         async def test_leaky_service(nsup_supervisor, tmp_path):
             flag = tmp_path / "daemon"
-            command = f"(sh -c 'echo $$ > {flag}; exec sleep 1000' &); exec sleep 1000"
+            # The flag appears once the daemon's parent (the subshell) has exited.
+            command = f"(sh -c 'exec sleep 1000' & echo $! > {flag}.new); mv {flag}.new {flag}; exec sleep 1000"
             await nsup_supervisor({"services": {"leaky": {"command": ["sh", "-c", command], "namespaces": [], "init": False}}})
             with trio.fail_after(5):
                 while not flag.exists() or not flag.read_text().strip():
