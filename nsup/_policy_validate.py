@@ -21,7 +21,7 @@ import re
 import shlex
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 
@@ -214,19 +214,32 @@ def number(
 
 
 @attrs.frozen
-class _DurationValidator:
+class _UnitValidator:
+    """A number or a string with a unit, parsed by ``parse``; the forms go in the message."""
+
     positive: bool
+    forms: ClassVar[str]
+
+    @staticmethod
+    def parse(value: object) -> float:
+        raise NotImplementedError
 
     def __call__(self, key: str, value: object) -> float:
         if _is_number(value):
             _NumberValidator(0.0, None, self.positive)(key, value)
         try:
-            seconds = parse_duration(value)
+            result = self.parse(value)
         except ValueError:
-            raise Invalid.at(key, f"{key!r} must be {DURATION_FORMS} (got {show(value)})") from None
-        if self.positive and seconds == 0:
+            raise Invalid.at(key, f"{key!r} must be {self.forms} (got {show(value)})") from None
+        if self.positive and result == 0:
             raise Invalid.at(key, f"{key!r} must be positive (got {show(value)})")
-        return seconds
+        return result
+
+
+@attrs.frozen
+class _DurationValidator(_UnitValidator):
+    forms = DURATION_FORMS
+    parse = staticmethod(parse_duration)
 
 
 def duration(*, positive: bool = True) -> Validator:
@@ -243,19 +256,9 @@ def duration(*, positive: bool = True) -> Validator:
 
 
 @attrs.frozen
-class _SizeValidator:
-    positive: bool
-
-    def __call__(self, key: str, value: object) -> int:
-        if _is_number(value):
-            _NumberValidator(0.0, None, self.positive)(key, value)
-        try:
-            result = parse_size(value)
-        except ValueError:
-            raise Invalid.at(key, f"{key!r} must be {SIZE_FORMS} (got {show(value)})") from None
-        if self.positive and result == 0:
-            raise Invalid.at(key, f"{key!r} must be positive (got {show(value)})")
-        return result
+class _SizeValidator(_UnitValidator):
+    forms = SIZE_FORMS
+    parse = staticmethod(parse_size)
 
 
 def size(*, positive: bool = True) -> Validator:
