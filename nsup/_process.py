@@ -396,6 +396,7 @@ async def start_process(spec: ProcessSpec) -> Process:
 
     """
     rootfs = _preflight(spec)
+    await trio.lowlevel.checkpoint_if_cancelled()  # already cancelled: start nothing
     zygote = get_zygote()
     with ExitStack() as cleanup_on_fail, ExitStack() as child_ends:
         cgroup = _cgroup.create(spec.limits)
@@ -427,6 +428,9 @@ async def start_process(spec: ProcessSpec) -> Process:
         setattr(proc, attr, trio.lowlevel.FdStream(fd))  # the stream owns fd now
     try:
         failure = (err and ("uid_map", err)) or await _read_until_started(proc)
+        # The clone is shielded and the verdict may already be waiting: honour a
+        # cancellation that arrived meanwhile, so this is always a checkpoint.
+        await trio.lowlevel.checkpoint_if_cancelled()
     except BaseException:
         with trio.CancelScope(shield=True):
             proc.kill()
