@@ -10,7 +10,6 @@ tini use: 127 when the command is not found, 126 when it cannot be executed,
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import signal
 import sys
@@ -258,6 +257,4 @@ def run(args: argparse.Namespace) -> int:
         return trio.run(_main, spec)
     except SpawnError as exc:
         print(f"nsup exec: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's error line
-        if exc.stage == "exec":
-            return 127 if exc.errno == errno.ENOENT else 126
-        return 125
+        return exc.exit_code

@@ -96,20 +96,9 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _children() -> set[int]:
-    pids: set[int] = set()
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/children") as f:
-                pids.update(int(p) for p in f.read().split())
-        except FileNotFoundError:
-            continue  # the thread just ended
-    return pids
-
-
 def reap_orphans() -> None:
     """Reap every exited child that is not ours (see the module docstring)."""
-    for pid in _children() - OWNED - zygote_pids():
+    for pid in set(_sys.children()) - OWNED - zygote_pids():
         try:
             os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
         except ChildProcessError:

@@ -8,6 +8,7 @@ code that does not know about nsup.  Messages are lower-case, quote values with
 
 from __future__ import annotations
 
+from errno import ENOENT
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -34,6 +35,17 @@ class SpawnError(NsupError, OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+    @property
+    def exit_code(self) -> int:
+        """The code a failed spawn reports, as tini and docker do.
+
+        127 when the command was not found, 126 when it could not be executed,
+        125 when a namespace, mount or limit could not be set up.
+        """
+        if self.stage == "exec":
+            return 127 if self.errno == ENOENT else 126
+        return 125
 
 
 class PolicyError(NsupError, ValueError):

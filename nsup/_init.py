@@ -86,19 +86,9 @@ def _descendants() -> list[int]:
     found: list[int] = []
     todo = [os.getpid()]
     while todo:
-        pid = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except FileNotFoundError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    children = [int(c) for c in f.read().split()]
-            except FileNotFoundError:
-                continue
-            found.extend(children)
-            todo.extend(children)
+        below = _sys.children(todo.pop())
+        found.extend(below)
+        todo.extend(below)
     return found
 
 

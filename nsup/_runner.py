@@ -30,7 +30,7 @@ from ._output import pump_lines
 from ._probes import RETRY_INTERVAL, exec_probe, tcp_once, tcp_until
 from ._process import Process, start_process
 from ._restart import Action, BackoffCounter, Input, State, transition, wants_restart
-from ._service_spec import spawn_exit_code, spec_for
+from ._service_spec import spec_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
     from ._supervisor import Supervisor
 
 __all__ = ["Runner", "ServiceStatus"]
-
-RUNNING = frozenset({State.STARTING, State.UP, State.STOPPING, State.RESTARTING})
 
 
 @attrs.frozen
@@ -127,11 +125,6 @@ class Runner:
             ready=self.state is State.UP,
             status_text=self.status_text,
         )
-
-    @property
-    def is_running(self) -> bool:
-        """True while a process of this instance is alive or being started."""
-        return self.state in RUNNING
 
     async def wait_for(self, predicate: Callable[[Runner], bool]) -> None:
         """Wait until ``predicate(self)`` holds (checked at every state change)."""
@@ -280,6 +273,10 @@ class Runner:
             with trio.CancelScope(shield=True):
                 await proc.aclose()
             self.proc = None
+        self._report_exit(generation, status)
+
+    def _report_exit(self, generation: int, status: ExitStatus) -> None:
+        """Feed the exit to the table, as its restart rule classes it."""
         restart = wants_restart(self.instance.spec.restart, status)
         self.send(Input.EXIT_RESTART if restart else Input.EXIT_FINAL, generation, status)
 
@@ -292,23 +289,17 @@ class Runner:
         read_fd, spec, close_after = spec_for(self.instance, notify.path if notify else None)
         try:
             proc = await start_process(spec)
-        except SpawnError as exc:
+        except BaseException as exc:
             if read_fd >= 0:
                 os.close(read_fd)
             if notify is not None:
                 notify.close()
+            if not isinstance(exc, SpawnError):
+                raise
             self._exit_reason = "spawn failed"
             self._publish("spawn_failed", message=str(exc))
-            status = ExitStatus(code=spawn_exit_code(exc))
-            restart = wants_restart(self.instance.spec.restart, status)
-            self.send(Input.EXIT_RESTART if restart else Input.EXIT_FINAL, generation, status)
+            self._report_exit(generation, ExitStatus(code=exc.exit_code))
             return None
-        except BaseException:
-            if read_fd >= 0:
-                os.close(read_fd)
-            if notify is not None:
-                notify.close()
-            raise
         finally:
             for fd in close_after:
                 os.close(fd)

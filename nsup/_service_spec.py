@@ -9,25 +9,16 @@ appending by nsup, so the child needs no access to it.
 
 from __future__ import annotations
 
-import errno
 import os
 from typing import TYPE_CHECKING
 
 from ._spec import ProcessSpec
 
 if TYPE_CHECKING:
-    from ._errors import SpawnError
     from ._policy import ServiceInstance
     from ._spec import StdioMode
 
-__all__ = ["spawn_exit_code", "spec_for"]
-
-
-def spawn_exit_code(exc: SpawnError) -> int:
-    """The exit code a failed spawn is reported with: 127 not found, 126 not executable, 125 set-up."""
-    if exc.stage == "exec":
-        return 127 if exc.errno == errno.ENOENT else 126
-    return 125
+__all__ = ["spec_for"]
 
 
 def spec_for(

@@ -305,16 +305,6 @@ class Supervisor:
         self._instances.pop(name)
         runner.close()
 
-    def statistics(self) -> dict[str, int]:
-        """Counts for metrics: instances, running, ready, restarts."""
-        snaps = [r.snapshot() for r in self.runners.values()]
-        return {
-            "services": len(snaps),
-            "running": sum(s.pid is not None for s in snaps),
-            "ready": sum(s.ready for s in snaps),
-            "restarts": sum(s.restarts for s in snaps),
-        }
-
 
 @asynccontextmanager
 async def open_supervisor(

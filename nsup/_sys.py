@@ -51,6 +51,7 @@ __all__ = [
     "PR_SET_PDEATHSIG",
     "WALL",
     "capset",
+    "children",
     "clone3",
     "mount",
     "mount_setattr",
@@ -292,6 +293,22 @@ def pivot_root(new_root: str, put_old: str) -> None:
     libc = _get_libc()
     result = libc.syscall(ctypes.c_long(number), _b(new_root), _b(put_old))
     _check(result, f"pivot_root({new_root!r}, {put_old!r})")
+
+
+def children(pid: int | str = "self") -> list[int]:
+    """The children of every thread of *pid*, from /proc (an ended thread or process has none)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            continue  # the thread just ended
+    return found
 
 
 def signal_pid(pid: int, signo: int, still_meant: Callable[[], bool] | None = None) -> bool:
