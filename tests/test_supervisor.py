@@ -318,7 +318,7 @@ async def test_instances_and_output(recorded):
     sup, rec = await recorded(pol, lines=lines)
     assert list(sup.status()) == ["w.0", "w.1", "w.2"]
     assert len({s.pid for s in sup.status().values()}) == 3
-    await sup.stop("w")
+    await sup.stop_all()  # returns once their output pipes are drained too
     assert sorted(lines) == sorted(
         [(f"w.{i}", f"hello from w.{i}") for i in range(3)]
         + [(f"w.{i}", "partial-line-without-newline") for i in range(3)]
