@@ -50,8 +50,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from nsup._engine.supervisor import open_supervisor
 from nsup._policy import Policy
-from nsup._supervisor import open_supervisor
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

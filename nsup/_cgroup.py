@@ -55,13 +55,13 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from . import _sys
+from ._clone import syscalls as _sys
 from ._errors import SpawnError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._policy_model import Limits
+    from ._limits import Limits
 
 __all__ = [
     "CONTROLLERS",

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, final
 import attrs
 import trio
 
-from . import _cgroup, _sys
-from ._caps import cap_last_cap, mask_of
+from . import _cgroup
+from ._clone import syscalls as _sys
+from ._clone.caps import cap_last_cap, mask_of
+from ._clone.namespaces import CLONE_FLAGS
 from ._errors import SpawnError
 from ._exitstatus import ExitStatus
-from ._namespaces import CLONE_FLAGS
-from ._policy_model import RLIMITS
+from ._limits import RLIMITS
 from ._spawn_errors import spawn_error
 from ._zygote_client import OWNED, get_zygote
 

@@ -11,8 +11,8 @@ import errno
 import os
 from typing import TYPE_CHECKING
 
+from ._clone.namespaces import CLONE_FLAGS
 from ._errors import SpawnError
-from ._namespaces import CLONE_FLAGS
 
 if TYPE_CHECKING:
     from ._spec import ProcessSpec

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 
-from ._caps import check_capabilities
+from ._clone.caps import check_capabilities
 from ._errors import SpecError
 from ._mount import Mount
 
 if TYPE_CHECKING:
     from ._process import Process
-from ._namespaces import DEFAULT_NAMESPACES, check_namespaces
-from ._policy_model import RLIMITS, Limits
+from ._clone.namespaces import DEFAULT_NAMESPACES, check_namespaces
+from ._limits import RLIMITS, Limits
 
 __all__ = ["IdMap", "ProcessSpec", "StdioMode"]
 

@@ -1,6 +1,6 @@
 """The supervisor's side of the zygote: start it once per thread, ask it to clone.
 
-See ``_zygote.py`` for why the zygote exists.  One zygote serves one thread
+See ``_clone/zygote.py`` for why the zygote exists.  One zygote serves one thread
 of one process: children made with ``CLONE_PARENT`` count the thread that
 started the zygote as their parent, and ``PR_SET_PDEATHSIG`` fires when that
 thread exits.  So the zygote is started with a plain ``subprocess.Popen`` on
@@ -36,11 +36,16 @@ __all__ = ["OWNED", "get_zygote", "hold_zygotes", "zygote_pids"]
 # this set (and waits out clones in flight) to leave them alone.
 OWNED: set[int] = set()
 
-_BOOT = (
+# The zygote's ``-c`` program.  A stub ``nsup`` package stands in for the real
+# one, so ``nsup/__init__`` (trio, attrs) is never imported; only ``_clone/``
+# is loaded.  ``BOOT_IMPORTS`` is kept apart so a test can boot the same way and
+# list what got imported.
+BOOT_IMPORTS = (
     "import sys,types;"
     "p=types.ModuleType('nsup');p.__path__=[sys.argv[1]];sys.modules['nsup']=p;"
-    "from nsup._zygote import main;main(int(sys.argv[2]),int(sys.argv[3]))"
+    "from nsup._clone.zygote import main;"
 )
+_BOOT = BOOT_IMPORTS + "main(int(sys.argv[2]),int(sys.argv[3]))"
 
 
 class Zygote:

@@ -66,11 +66,11 @@ import attrs
 import pytest
 import trio
 
-from . import _sys
+from ._clone import syscalls as _sys
+from ._engine.supervisor import Supervisor
 from ._policy import Policy, load_policy
 from ._process import start_process
 from ._spec import ProcessSpec
-from ._supervisor import Supervisor
 from .testing import NsupLeakWarning, SpawnFixture, SupervisorFixture, Worker
 
 if TYPE_CHECKING:

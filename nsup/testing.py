@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, TypeAlias, final
 
 import trio
 
+from ._engine.supervisor import Supervisor
 from ._exitstatus import ExitStatus
 from ._process import _NoPublicConstructor
-from ._supervisor import Supervisor
 
 if TYPE_CHECKING:
     from ._cgroup import CgroupStatistics

@@ -22,7 +22,7 @@ from helpers import PYTHON, read_line, run
 
 import nsup
 from nsup import _cgroup
-from nsup._policy_model import Limits
+from nsup._limits import Limits
 
 LAYOUT = _cgroup.get_layout()
 

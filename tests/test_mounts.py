@@ -12,7 +12,7 @@ import pytest
 from helpers import run
 
 import nsup
-from nsup import _sys
+from nsup._clone import syscalls as _sys
 
 
 async def test_read_only_bind_refuses_writes(tmp_path):

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nsup._clone.namespaces import DEFAULT_NAMESPACES
 from nsup._errors import PolicyError
 from nsup._mount import Mount
-from nsup._namespaces import DEFAULT_NAMESPACES
 from nsup._policy import (
     Backoff,
     HealthProbe,
@@ -31,9 +31,9 @@ from nsup._policy import (
     SupervisorConfig,
     load_policy,
 )
-from nsup._policy_lines import key_lines, line_of
-from nsup._policy_schema import SERVICE_FIELDS, SUPERVISOR_FIELDS
-from nsup._policy_validate import duration, one_of
+from nsup._policy.lines import key_lines, line_of
+from nsup._policy.schema import SERVICE_FIELDS, SUPERVISOR_FIELDS
+from nsup._policy.validate import duration, one_of
 
 POLICIES = Path(__file__).parent / "policies"
 SPEC_EXAMPLE = (POLICIES / "spec-example.toml").read_text()

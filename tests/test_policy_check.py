@@ -1,4 +1,4 @@
-"""Tests for ``nsup check POLICY`` (nsup._cmd_check)."""
+"""Tests for ``nsup check POLICY`` (nsup._cli.check)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nsup import _cmd_check
+from nsup._cli import check as _cmd_check
 
 POLICY = """\
 [services.db]

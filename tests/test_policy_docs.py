@@ -16,7 +16,7 @@ import attrs
 import pytest
 
 from nsup._mount import Mount
-from nsup._policy_model import (
+from nsup._policy.model import (
     RLIMITS,
     Backoff,
     HealthProbe,
@@ -26,7 +26,7 @@ from nsup._policy_model import (
     Stop,
     SupervisorConfig,
 )
-from nsup._policy_schema import (
+from nsup._policy.schema import (
     BACKOFF_FIELDS,
     HEALTH_FIELDS,
     LIMITS_FIELDS,

@@ -7,8 +7,7 @@ import random
 import pytest
 
 from nsup import ExitStatus
-from nsup._policy_model import Backoff
-from nsup._restart import (
+from nsup._engine.restart import (
     TRANSITIONS,
     Action,
     BackoffCounter,
@@ -18,6 +17,7 @@ from nsup._restart import (
     transition,
     wants_restart,
 )
+from nsup._policy.model import Backoff
 
 S, I, A = State, Input, Action
 

@@ -10,9 +10,9 @@ import trio
 from helpers import PYTHON
 
 import nsup
+from nsup._engine.restart import State
+from nsup._engine.supervisor import GaveUpError, Supervisor, open_supervisor
 from nsup._policy import Policy
-from nsup._restart import State
-from nsup._supervisor import GaveUpError, Supervisor, open_supervisor
 
 FAST = {"initial": "10ms", "max": "10ms", "factor": 1.0, "jitter": 0.0}
 
@@ -318,7 +318,12 @@ async def test_instances_and_output(recorded):
     sup, rec = await recorded(pol, lines=lines)
     assert list(sup.status()) == ["w.0", "w.1", "w.2"]
     assert len({s.pid for s in sup.status().values()}) == 3
-    await sup.stop_all()  # returns once their output pipes are drained too
+    # "ready once started" comes before the shell has echoed: wait for the six
+    # lines (stopping first would race the echo), then stop and check nothing more came.
+    with trio.fail_after(10):
+        while len(lines) < 6:
+            await trio.sleep(0.01)
+    await sup.stop_all()
     assert sorted(lines) == sorted(
         [(f"w.{i}", f"hello from w.{i}") for i in range(3)]
         + [(f"w.{i}", "partial-line-without-newline") for i in range(3)]

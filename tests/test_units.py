@@ -1,4 +1,4 @@
-"""Tests for nsup._units: durations in seconds and sizes in bytes."""
+"""Tests for nsup._policy.units: durations in seconds and sizes in bytes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nsup._units import DURATION_FORMS, SIZE_FORMS, parse_duration, parse_size
+from nsup._policy.units import DURATION_FORMS, SIZE_FORMS, parse_duration, parse_size
 
 
 class TestParseDuration:

@@ -39,8 +39,9 @@ import signal
 import socket
 from typing import Any
 
-from . import _child, _sys
-from ._namespaces import CLONE_FLAGS
+from . import child as _child
+from . import syscalls as _sys
+from .namespaces import CLONE_FLAGS
 
 __all__ = ["main"]
 

@@ -21,7 +21,7 @@ import contextlib
 import json
 import re
 
-from ._policy_validate import key_join
+from .validate import key_join
 
 __all__ = ["key_lines", "line_of"]
 

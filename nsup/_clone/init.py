@@ -34,7 +34,7 @@ import os
 import signal
 from typing import NoReturn
 
-from . import _sys
+from . import syscalls as _sys
 
 __all__ = ["FORWARD_NEVER", "run_init"]
 

@@ -10,20 +10,19 @@ problem at once; the defaults here are the defaults documented in
 
 from __future__ import annotations
 
-import resource
 import signal
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
-from ._namespaces import DEFAULT_NAMESPACES
+from .._clone.namespaces import DEFAULT_NAMESPACES
+from .._limits import RLIMITS, Limits, frozen_map
 
 if TYPE_CHECKING:
     import re
     from collections.abc import Mapping
 
-    from ._mount import Mount
+    from .._mount import Mount
 
 __all__ = [
     "RLIMITS",
@@ -39,36 +38,6 @@ __all__ = [
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 Restart = Literal["always", "on-failure", "never"]
-
-#: Policy name of each rlimit -> the ``resource.RLIMIT_*`` constant.  ``cpu`` in
-#: ``limits`` means cgroup cores, so the CPU-time rlimit is called ``cputime``.
-RLIMITS: Mapping[str, int] = MappingProxyType(
-    {
-        "as": resource.RLIMIT_AS,
-        "core": resource.RLIMIT_CORE,
-        "cputime": resource.RLIMIT_CPU,
-        "data": resource.RLIMIT_DATA,
-        "fsize": resource.RLIMIT_FSIZE,
-        "memlock": resource.RLIMIT_MEMLOCK,
-        "msgqueue": resource.RLIMIT_MSGQUEUE,
-        "nice": resource.RLIMIT_NICE,
-        "nofile": resource.RLIMIT_NOFILE,
-        "nproc": resource.RLIMIT_NPROC,
-        "rss": resource.RLIMIT_RSS,
-        "rtprio": resource.RLIMIT_RTPRIO,
-        "rttime": resource.RLIMIT_RTTIME,
-        "sigpending": resource.RLIMIT_SIGPENDING,
-        "stack": resource.RLIMIT_STACK,
-    }
-)
-
-
-_V = TypeVar("_V")
-
-
-def _frozen_map(value: Mapping[str, _V]) -> Mapping[str, _V]:
-    """Return a read-only copy of *value*, so a frozen model stays frozen."""
-    return MappingProxyType(dict(value))
 
 
 @attrs.frozen
@@ -153,31 +122,6 @@ class Stop:
 
     signal: signal.Signals = signal.SIGTERM
     timeout: float = 10.0
-
-
-@attrs.frozen
-class Limits:
-    """Resource limits; ``None`` means "not limited by nsup".
-
-    Attributes:
-        memory: cgroup memory limit, in bytes.
-        pids: cgroup limit on the number of tasks.
-        cpu: cgroup CPU quota, in cores (``0.5`` is half a core).
-        rlimits: rlimit name (a key of :data:`RLIMITS`) -> value, applied as
-            both the soft and the hard limit; ``resource.RLIM_INFINITY`` for
-            ``"unlimited"``.  Sizes are bytes, ``cputime`` seconds, ``rttime``
-            microseconds, the rest counts.
-
-    """
-
-    memory: int | None = None
-    pids: int | None = None
-    cpu: float | None = None
-    rlimits: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_map, hash=False)
-
-    def rlimit_items(self) -> tuple[tuple[int, int], ...]:
-        """Return ``(resource.RLIMIT_*, value)`` pairs, ready for ``setrlimit``."""
-        return tuple((RLIMITS[name], value) for name, value in self.rlimits.items())
 
 
 @attrs.frozen
@@ -270,10 +214,10 @@ class Service:
     namespaces: frozenset[str] = DEFAULT_NAMESPACES
     init: bool = True
     hostname: str | None = None
-    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map, hash=False)
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_map, hash=False)
     cwd: str | None = None
     stop: Stop = Stop()
-    limits: Limits = Limits()
+    limits: Limits = attrs.field(factory=Limits)
     ready: Probe | None = None
     health: HealthProbe | None = None
     instances: int = 1

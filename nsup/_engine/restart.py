@@ -1,7 +1,7 @@
 """Restart semantics as data: a state x event -> action table, backoff and intensity.
 
 As in s6-supervise, one instance's life is an explicit table: the runner
-(``_runner.py``) turns what happens into an :class:`Input`, looks up
+(``runner.py``) turns what happens into an :class:`Input`, looks up
 ``TRANSITIONS[state, input]`` and performs the :class:`Action` it names.
 Everything here is pure (no I/O, no trio), so each transition is tested on
 its own.
@@ -9,7 +9,7 @@ its own.
 Whether an exit is restarted is the service's ``restart`` rule (the input
 the runner feeds is ``EXIT_RESTART`` or ``EXIT_FINAL``); whether the restart
 happens alone, with every service, or with those after it is the
-supervisor's ``strategy`` and is decided in ``_supervisor.py``, which also
+supervisor's ``strategy`` and is decided in ``supervisor.py``, which also
 keeps the restart intensity (:class:`Intensity`).
 """
 
@@ -21,8 +21,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._exitstatus import ExitStatus
-    from ._policy_model import Backoff
+    from .._exitstatus import ExitStatus
+    from .._policy.model import Backoff
 
 __all__ = [
     "TRANSITIONS",

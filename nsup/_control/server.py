@@ -44,15 +44,15 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._control_client import PROTOCOL_VERSION
-from ._errors import NsupError, PolicyError
+from .._errors import NsupError, PolicyError
+from .client import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from ._events import Event
-    from ._runner import ServiceStatus
-    from ._supervisor import Supervisor
+    from .._engine.events import Event
+    from .._engine.runner import ServiceStatus
+    from .._engine.supervisor import Supervisor
 
 __all__ = [
     "EVENT_BACKLOG",

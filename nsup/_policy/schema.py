@@ -19,9 +19,9 @@ from typing import Any
 
 import attrs
 
-from ._mount import MOUNT_TYPES, Mount
-from ._policy_model import RLIMITS, Backoff, HealthProbe, Limits, Probe, Stop
-from ._policy_validate import (
+from .._mount import MOUNT_TYPES, Mount
+from .model import RLIMITS, Backoff, HealthProbe, Limits, Probe, Stop
+from .validate import (
     Invalid,
     Problem,
     Validator,

@@ -1,7 +1,7 @@
 """The syscalls nsup needs that Python's standard library lacks, through ctypes.
 
 This is the only module that touches ctypes.  It imports nothing but the
-standard library, because it is also loaded by the zygote (see ``_zygote.py``),
+standard library, because it is also loaded by the zygote (see ``zygote.py``),
 which must stay small and free of threads.
 
 Every wrapper raises ``OSError(errno, message)`` where the message names the
@@ -202,7 +202,7 @@ def clone3(flags: int, *, exit_signal: int = 0, cgroup_fd: int = -1) -> tuple[in
     in the parent.  ``CLONE_PIDFD`` is always added.  With ``cgroup_fd`` >= 0,
     ``CLONE_INTO_CGROUP`` places the child in that cgroup2 directory.
 
-    Only a single-threaded caller may run Python in the child: see _zygote.py.
+    Only a single-threaded caller may run Python in the child: see zygote.py.
 
     Raises:
         OSError: the kernel refused; the message names the flags.

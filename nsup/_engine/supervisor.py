@@ -1,6 +1,6 @@
 """The supervisor: one runner per instance, Erlang/OTP strategies, intensity, reload.
 
-Runners (``_runner.py``) keep each instance going by the restart table; when
+Runners (``runner.py``) keep each instance going by the restart table; when
 one exits and its restart rule wants it back, it asks :meth:`Supervisor.on_exit`,
 which records the restart against the intensity and picks the strategy:
 
@@ -28,17 +28,17 @@ from typing import TYPE_CHECKING, Literal
 
 import trio
 
-from ._errors import NsupError
-from ._events import Event, EventBus
-from ._output import prefix_writer
-from ._restart import Input, Intensity, State
-from ._runner import Runner, ServiceStatus
+from .._errors import NsupError
+from .events import Event, EventBus
+from .output import prefix_writer
+from .restart import Input, Intensity, State
+from .runner import Runner, ServiceStatus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable
 
-    from ._exitstatus import ExitStatus
-    from ._policy import Policy, ServiceInstance
+    from .._exitstatus import ExitStatus
+    from .._policy import Policy, ServiceInstance
 
 __all__ = ["GaveUpError", "Supervisor", "open_supervisor"]
 

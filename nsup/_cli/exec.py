@@ -17,14 +17,14 @@ from typing import Any
 
 import trio
 
-from ._errors import SpawnError, SpecError
-from ._mount import Mount
-from ._namespaces import DEFAULT_NAMESPACES, check_namespaces
-from ._policy_model import RLIMITS, Limits
-from ._policy_schema import LIMITS_FIELDS, make_limits
-from ._policy_validate import check_table, did_you_mean
-from ._process import spawn
-from ._spec import ProcessSpec
+from .._clone.namespaces import DEFAULT_NAMESPACES, check_namespaces
+from .._errors import SpawnError, SpecError
+from .._limits import RLIMITS, Limits
+from .._mount import Mount
+from .._policy.schema import LIMITS_FIELDS, make_limits
+from .._policy.validate import check_table, did_you_mean
+from .._process import spawn
+from .._spec import ProcessSpec
 
 __all__ = ["register", "run"]
 

@@ -26,8 +26,8 @@ import trio
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._runner import ServiceStatus
-    from ._supervisor import Supervisor
+    from .._engine.runner import ServiceStatus
+    from .._engine.supervisor import Supervisor
 
 __all__ = ["HEAD_TIMEOUT", "MAX_HEAD", "HealthServer", "open_health_socket", "render_metrics"]
 

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._errors import PolicyError
-from ._policy_build import build, instance_names
-from ._policy_lines import key_lines
-from ._policy_model import (
+from .._errors import PolicyError
+from .build import build, instance_names
+from .lines import key_lines
+from .model import (
     Backoff,
     HealthProbe,
     Limits,

@@ -22,21 +22,21 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._errors import SpawnError
-from ._events import Event, EventKind
-from ._exitstatus import ExitStatus
-from ._notify import NotifySocket
-from ._output import pump_lines
-from ._probes import RETRY_INTERVAL, exec_probe, tcp_once, tcp_until
-from ._process import Process, start_process
-from ._restart import Action, BackoffCounter, Input, State, transition, wants_restart
-from ._service_spec import spec_for
+from .._errors import SpawnError
+from .._exitstatus import ExitStatus
+from .._process import Process, start_process
+from .events import Event, EventKind
+from .notify import NotifySocket
+from .output import pump_lines
+from .probes import RETRY_INTERVAL, exec_probe, tcp_once, tcp_until
+from .restart import Action, BackoffCounter, Input, State, transition, wants_restart
+from .service_spec import spec_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._policy import ServiceInstance
-    from ._supervisor import Supervisor
+    from .._policy import ServiceInstance
+    from .supervisor import Supervisor
 
 __all__ = ["Runner", "ServiceStatus"]
 

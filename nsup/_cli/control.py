@@ -18,7 +18,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._control_client import (
+from .._control.client import (
     ControlClient,
     ControlError,
     ControlUnavailableError,

@@ -22,12 +22,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from ._errors import PolicyError
-from ._namespaces import DEFAULT_NAMESPACES
-from ._policy_lines import line_of
-from ._policy_model import PolicyIssue, Service, SupervisorConfig
-from ._policy_schema import SERVICE_FIELDS, SUPERVISOR_FIELDS, TOP_LEVEL_KEYS
-from ._policy_validate import Invalid, Problem, check_table, did_you_mean, key_join, show
+from .._clone.namespaces import DEFAULT_NAMESPACES
+from .._errors import PolicyError
+from .lines import line_of
+from .model import PolicyIssue, Service, SupervisorConfig
+from .schema import SERVICE_FIELDS, SUPERVISOR_FIELDS, TOP_LEVEL_KEYS
+from .validate import Invalid, Problem, check_table, did_you_mean, key_join, show
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -28,7 +28,7 @@ The steps:
    (bounding set dropped, the rest kept as permitted, effective,
    inheritable and ambient), then ``PR_SET_NO_NEW_PRIVS``;
 8. descriptors moved to their target numbers;
-9. exec the command (or become PID 1 and spawn it, see ``_init.py``).
+9. exec the command (or become PID 1 and spawn it, see ``init.py``).
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ import socket
 import struct
 from typing import Any, NoReturn
 
-from . import _init, _sys
-from ._namespaces import CLONE_FLAGS
+from . import init as _init
+from . import syscalls as _sys
+from .namespaces import CLONE_FLAGS
 
 __all__ = ["child_main"]
 

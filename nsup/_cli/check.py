@@ -18,13 +18,13 @@ import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._errors import PolicyError
-from ._policy import Policy, load_policy
+from .._errors import PolicyError
+from .._policy import Policy, load_policy
 
 if TYPE_CHECKING:
     import argparse
 
-    from ._policy_model import Service
+    from .._policy.model import Service
 
 __all__ = ["register", "run", "summary_line"]
 

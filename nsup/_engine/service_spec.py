@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ._spec import ProcessSpec
+from .._spec import ProcessSpec
 
 if TYPE_CHECKING:
-    from ._policy import ServiceInstance
-    from ._spec import StdioMode
+    from .._policy import ServiceInstance
+    from .._spec import StdioMode
 
 __all__ = ["spec_for"]
 

@@ -12,8 +12,11 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from . import _cmd_check, _cmd_control, _cmd_exec, _cmd_run
-from ._errors import NsupError
+from .._errors import NsupError
+from . import check as _cmd_check
+from . import control as _cmd_control
+from . import exec as _cmd_exec
+from . import run as _cmd_run
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

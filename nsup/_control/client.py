@@ -6,7 +6,7 @@ reads ``[supervisor] control`` with :mod:`tomllib`).  ``nsup run`` imports the
 same path rules, so both sides agree on the default path.
 
 The protocol itself is described in ``docs/control.md`` and served by
-``nsup/_control.py``: one JSON object per line each way; a request is
+``server.py``: one JSON object per line each way; a request is
 ``{"v": 1, "cmd": ...}`` and each reply carries ``"ok"``.
 """
 
@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from ._errors import NsupError
+from .._errors import NsupError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

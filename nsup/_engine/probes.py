@@ -1,4 +1,4 @@
-"""Readiness and health probes: tcp, exec and log (notify lives in ``_notify.py``).
+"""Readiness and health probes: tcp, exec and log (notify lives in ``notify.py``).
 
 ``tcp`` connects inside the service's network namespace.  A socket belongs to
 the network namespace it was created in, so a short-lived thread enters the
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import _sys
-from ._namespaces import CLONE_FLAGS
+from .._clone import syscalls as _sys
+from .._clone.namespaces import CLONE_FLAGS
 
 if TYPE_CHECKING:
-    from ._process import Process
+    from .._process import Process
 
 __all__ = ["exec_probe", "tcp_once", "tcp_until"]
 
@@ -78,8 +78,8 @@ async def tcp_until(host: str, port: int, proc: Process | None, limit: float) ->
 
 async def exec_probe(argv: tuple[str, ...], proc: Process, limit: float) -> bool:
     """Run *argv* inside *proc*'s namespaces; True if it exits 0 within *limit*."""
-    from ._process import spawn  # noqa: PLC0415 - _process imports nothing of ours back
-    from ._spec import ProcessSpec  # noqa: PLC0415
+    from .._process import spawn  # noqa: PLC0415 - _process imports nothing of ours back
+    from .._spec import ProcessSpec  # noqa: PLC0415
 
     spec = ProcessSpec(
         argv=argv,

@@ -28,20 +28,20 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _sys
-from ._control import BoundSocket, ControlServer, bind_control_socket
-from ._control_client import resolve_control_path
-from ._errors import PolicyError
-from ._http import HealthServer, open_health_socket
-from ._output import prefix_writer
-from ._policy import load_policy
-from ._supervisor import Supervisor
-from ._zygote_client import OWNED, hold_zygotes, zygote_pids
+from .._clone import syscalls as _sys
+from .._control.client import resolve_control_path
+from .._control.http import HealthServer, open_health_socket
+from .._control.server import BoundSocket, ControlServer, bind_control_socket
+from .._engine.output import prefix_writer
+from .._engine.supervisor import Supervisor
+from .._errors import PolicyError
+from .._policy import load_policy
+from .._zygote_client import OWNED, hold_zygotes, zygote_pids
 
 if TYPE_CHECKING:
     import socket
 
-    from ._events import Event
+    from .._engine.events import Event
 
 __all__ = ["register", "run"]
 

@@ -25,9 +25,9 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
-from ._caps import check_capabilities
-from ._namespaces import NAMESPACES, check_namespaces
-from ._units import DURATION_FORMS, SIZE_FORMS, parse_duration, parse_size
+from .._clone.caps import check_capabilities
+from .._clone.namespaces import NAMESPACES, check_namespaces
+from .units import DURATION_FORMS, SIZE_FORMS, parse_duration, parse_size
 
 __all__ = [
     "Invalid",

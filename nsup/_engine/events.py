@@ -12,7 +12,7 @@ import trio
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from ._exitstatus import ExitStatus
+    from .._exitstatus import ExitStatus
 
 __all__ = ["Event", "EventBus", "EventKind"]
 

@@ -1,0 +1,1 @@
+"""The edges a client talks to: the control socket server and client, and the HTTP endpoint."""
