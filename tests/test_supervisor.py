@@ -301,8 +301,22 @@ async def test_cancelled_mid_start_leaves_nothing():
 # --- instances, status, output, reload ------------------------------------------------
 
 
+class _Lines(list):
+    """Output lines, with an event set once *want* have arrived."""
+
+    def __init__(self, want: int) -> None:
+        super().__init__()
+        self.want = want
+        self.arrived = trio.Event()
+
+    def append(self, item) -> None:
+        super().append(item)
+        if len(self) >= self.want:
+            self.arrived.set()
+
+
 async def test_instances_and_output(recorded):
-    lines = []
+    lines = _Lines(6)
     pol = policy(
         {
             "w": {
@@ -321,8 +335,7 @@ async def test_instances_and_output(recorded):
     # "ready once started" comes before the shell has echoed: wait for the six
     # lines (stopping first would race the echo), then stop and check nothing more came.
     with trio.fail_after(10):
-        while len(lines) < 6:
-            await trio.sleep(0.01)
+        await lines.arrived.wait()
     await sup.stop_all()
     assert sorted(lines) == sorted(
         [(f"w.{i}", f"hello from w.{i}") for i in range(3)]
