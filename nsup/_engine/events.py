@@ -26,6 +26,7 @@ EventKind = Literal[
     "killed",  # it ignored its stop signal until the stop timeout: SIGKILL sent
     "unhealthy",  # a health or readiness probe failed
     "gave_up",  # restart intensity exceeded: nsup stops everything
+    "failed",  # the service is left failed (permanent spawn error, its give-up, an internal error)
     "spawn_failed",  # the command could not be started; message says why
     "status",  # the service sent STATUS= over its notify socket
 ]

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .._policy.model import Backoff
 
 __all__ = [
+    "MAX_EXPONENT",
     "TRANSITIONS",
     "Action",
     "BackoffCounter",
@@ -46,6 +47,7 @@ class State(enum.Enum):
     RESTARTING = "restarting"  # being stopped so that it starts again
     BACKOFF = "backoff"  # waiting out the delay before the next start
     ENDED = "ended"  # exited and its restart rule says leave it
+    FAILED = "failed"  # given up on: a permanent spawn error, its own give-up, or a bug
 
 
 class Input(enum.Enum):
@@ -59,6 +61,7 @@ class Input(enum.Enum):
     EXIT_RESTART = "exit_restart"  # it exited and its restart rule wants it back
     EXIT_FINAL = "exit_final"  # it exited and its restart rule says leave it
     DELAY_DONE = "delay_done"  # the backoff delay ran out
+    FAIL = "fail"  # a start failed in a way no retry can cure
 
 
 class Action(enum.Enum):
@@ -71,6 +74,7 @@ class Action(enum.Enum):
     ON_EXIT = "on_exit"  # ask the supervisor: restart alone, as a group, or give up
     RESCHEDULE = "reschedule"  # start again after a delay (manual or probe restart)
     CANCEL_DELAY = "cancel_delay"  # drop a pending restart
+    FAIL = "fail"  # enter the terminal failed state, saying why
 
 
 S, I, A = State, Input, Action  # noqa: E741 - short names keep the table readable
@@ -85,6 +89,9 @@ TRANSITIONS: dict[tuple[State, Input], tuple[Action, State]] = {
     (S.STARTING, I.PROBE_FAILED): (A.KILL, S.RESTARTING),
     (S.STARTING, I.EXIT_RESTART): (A.ON_EXIT, S.BACKOFF),
     (S.STARTING, I.EXIT_FINAL): (A.NONE, S.ENDED),
+    (S.STARTING, I.FAIL): (A.FAIL, S.FAILED),
+    (S.RESTARTING, I.FAIL): (A.FAIL, S.FAILED),
+    (S.STOPPING, I.FAIL): (A.NONE, S.DOWN),
     (S.UP, I.STOP): (A.KILL, S.STOPPING),
     (S.UP, I.RESTART): (A.KILL, S.RESTARTING),
     (S.UP, I.PROBE_FAILED): (A.KILL, S.RESTARTING),
@@ -106,6 +113,10 @@ TRANSITIONS: dict[tuple[State, Input], tuple[Action, State]] = {
     (S.ENDED, I.START): (A.SPAWN, S.STARTING),
     (S.ENDED, I.RESTART): (A.SPAWN, S.STARTING),
     (S.ENDED, I.STOP): (A.NONE, S.ENDED),
+    # Failed is terminal until someone asks again (`nsup start`, a reload).
+    (S.FAILED, I.START): (A.SPAWN, S.STARTING),
+    (S.FAILED, I.RESTART): (A.SPAWN, S.STARTING),
+    (S.FAILED, I.STOP): (A.NONE, S.FAILED),
     (S.UP, I.START): (A.NONE, S.UP),
     (S.STARTING, I.START): (A.NONE, S.STARTING),
     (S.STOPPING, I.START): (A.NONE, S.RESTARTING),
@@ -132,10 +143,17 @@ def wants_restart(rule: str, status: ExitStatus) -> bool:
     return not status.success  # on-failure: a non-zero exit or death by signal
 
 
+MAX_EXPONENT = 1024
+"""``factor ** n`` is computed with n at most this: past it the delay is long capped."""
+
+
 class BackoffCounter:
     """Delays before successive restarts: ``initial * factor**(n-1)``, capped, jittered.
 
     The count starts over once the service has stayed up for ``reset_after``.
+    A start that failed before the command ran has an uptime of 0, so spawn
+    failures back off like crashes.  The exponent is capped and an overflow
+    means "the cap": the delay never raises, at restart 1025 or 10**9.
     """
 
     def __init__(self, backoff: Backoff, rng: random.Random | None = None) -> None:
@@ -149,8 +167,14 @@ class BackoffCounter:
         b = self.backoff
         if uptime >= b.reset_after:
             self.count = 0
-        self.count += 1
-        delay = min(b.initial * b.factor ** (self.count - 1), b.max)
+        self.count = min(self.count + 1, MAX_EXPONENT + 1)
+        if b.initial <= 0:
+            delay = 0.0
+        else:
+            try:
+                delay = min(b.initial * b.factor ** (self.count - 1), b.max)
+            except OverflowError:
+                delay = b.max
         if b.jitter:
             delay *= 1 + self._rng.uniform(-b.jitter, b.jitter)
         return max(0.0, delay)
@@ -171,3 +195,7 @@ class Intensity:
         while self._times and self._times[0] <= now - self.within:
             self._times.popleft()
         return len(self._times) > self.max_restarts
+
+    def clear(self) -> None:
+        """Forget every recorded restart."""
+        self._times.clear()

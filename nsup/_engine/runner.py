@@ -1,23 +1,46 @@
-"""One service instance's runner: it drives the ``_restart`` table with real events.
+"""One service instance's runner: it drives the ``restart`` table with real events.
 
 A runner owns one task that reads its inbox: inputs from the supervisor
 (START, STOP, RESTART) and from its own helper tasks (READY, PROBE_FAILED,
-the exit, DELAY_DONE).  For each it looks up ``transition(state, input)`` and
-performs the action; actions that take time (waiting for dependencies,
-spawning, stopping, the backoff delay) run as tasks that report back through
-the inbox, so the runner always answers a STOP at once.
+the exit, DELAY_DONE, FAIL).  For each it looks up ``transition(state,
+input)`` and performs the action; actions that take time (waiting for
+dependencies, spawning, stopping, the backoff delay) run as tasks that report
+back through the inbox, so the runner always answers a STOP at once.
 
 Each run of the process is one *generation*; inputs carry the generation they
 belong to, and those from an older one are dropped (a READY from a process
 that has already exited, say).
+
+The runner knows its supervisor only through :class:`RunnerHost`, the small
+interface defined here and implemented by ``Supervisor``: emit an event, write
+an output line, look up a dependency, decide what follows an exit.  Neither
+side touches the other's private state.
+
+Failures (see docs/failure-model.md):
+
+- A spawn error that will fail the same way every time (command not found,
+  permission denied, a namespace the kernel refuses, a bad bind source or
+  log path) puts the instance in the terminal ``failed`` state at once.  A
+  transient one (out of descriptors or memory, the zygote gone) is retried
+  like a crash, with backoff (a failed start has an uptime of 0).
+- An unexpected exception anywhere in the runner's tasks (an ``output``
+  callback that raises, a bug) also ends in ``failed``, with the error in the
+  status and in a ``failed`` event; the runner's task ends, its process is
+  stopped, the rest of the supervisor runs on.
+- The runner is never shielded.  When it is cancelled (the code that owns
+  the supervisor was cancelled), its last act, shielded and bounded by the
+  stop timeouts, waits for the processes of its dependents to go, then stops
+  its own: nothing is left running and the dependency order holds.
 """
 
 from __future__ import annotations
 
+import errno as _errno
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Any
+import traceback
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
 import trio
@@ -36,9 +59,96 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._policy import ServiceInstance
-    from .supervisor import Supervisor
 
-__all__ = ["Runner", "ServiceStatus"]
+__all__ = ["Decision", "Runner", "RunnerHost", "ServiceStatus", "permanent_error"]
+
+Decision = Literal["restart", "group", "give_up", "fail"]
+"""What follows an exit the restart rule wants restarted (see ``RunnerHost.on_exit``)."""
+
+TERMINAL = frozenset({State.ENDED, State.FAILED})
+QUIET = frozenset({State.DOWN, State.ENDED, State.FAILED})
+
+# Errors a retry cannot cure: the same spawn fails the same way every time.
+_PERMANENT_ERRNOS = frozenset(
+    {
+        _errno.ENOENT,
+        _errno.EACCES,
+        _errno.EPERM,
+        _errno.ENOEXEC,
+        _errno.ENOTDIR,
+        _errno.EISDIR,
+        _errno.ELOOP,
+        _errno.ENAMETOOLONG,
+        _errno.EXDEV,
+        _errno.EINVAL,
+        _errno.EROFS,
+    }
+)
+
+
+def permanent_error(exc: OSError) -> bool:
+    """True if retrying the spawn that raised *exc* would fail the same way.
+
+    Running out of descriptors, memory or processes, and a zygote that died,
+    are transient; a missing command or path, a refused permission or
+    namespace are not.
+    """
+    if isinstance(exc, SpawnError) and exc.stage == "zygote":
+        return False
+    return exc.errno in _PERMANENT_ERRNOS
+
+
+class RunnerHost(Protocol):
+    """What a runner needs from the supervisor that hosts it (``Supervisor`` implements it)."""
+
+    @property
+    def notify_dir(self) -> str:
+        """A private directory for notify sockets."""
+        ...
+
+    @property
+    def spawn_limiter(self) -> trio.CapacityLimiter:
+        """Bounds the spawns in flight, and so the descriptors they hold."""
+        ...
+
+    def emit(self, event: Event) -> None:
+        """Publish *event* to every subscriber; never blocks, never raises."""
+        ...
+
+    def output(self, name: str, line: str) -> None:
+        """Write one line a service printed (it may raise: the runner fails, not the host)."""
+        ...
+
+    def output_opened(self) -> None:
+        """An output pipe is being read (the host waits for them at shutdown)."""
+        ...
+
+    def output_closed(self) -> None:
+        """An output pipe reached EOF or was dropped."""
+        ...
+
+    def dependency(self, name: str) -> Runner | None:
+        """The current runner of instance *name*, if there is one."""
+        ...
+
+    def dependents(self, name: str) -> list[Runner]:
+        """The runners whose instance depends on *name*."""
+        ...
+
+    async def wait_runners_changed(self) -> None:
+        """Return when a runner was added or replaced."""
+        ...
+
+    def on_exit(self, runner: Runner) -> tuple[Decision, str]:
+        """Decide what follows an exit of *runner* that its restart rule wants restarted.
+
+        Returns the decision and, for ``fail``, why.
+        """
+        ...
+
+    def state_changed(self, runner: Runner) -> None:
+        """Called after every change of *runner*'s state."""
+        ...
 
 
 @attrs.frozen
@@ -48,7 +158,7 @@ class ServiceStatus:
     Attributes:
         name: the instance name.
         state: ``down``, ``starting``, ``up``, ``stopping``, ``restarting``,
-            ``backoff`` or ``ended``.
+            ``backoff``, ``ended`` or ``failed``.
         pid: the child's pid while it runs.
         started_at: ``time.time()`` of the last start, or None.
         restarts: automatic restarts so far.
@@ -57,6 +167,8 @@ class ServiceStatus:
             ``"ready timeout"``, ``"spawn failed"``, ``"oom"``...), or ``""``.
         ready: True while it is up and ready.
         status_text: the last ``STATUS=`` it sent over its notify socket.
+        error: why it is ``failed`` (a permanent spawn error, its give-up, or
+            an internal error), else ``""``.
     """
 
     name: str
@@ -68,6 +180,7 @@ class ServiceStatus:
     last_reason: str
     ready: bool
     status_text: str
+    error: str = ""
 
     @property
     def uptime(self) -> float | None:
@@ -77,24 +190,40 @@ class ServiceStatus:
         return max(0.0, time.time() - self.started_at)
 
 
-class Runner:
-    """Runs one :class:`ServiceInstance` under the restart table."""
+def _describe(exc: BaseException) -> str:
+    """``internal error: ValueError: text (at file.py:12 in func)`` for an unexpected exception."""
+    leaf = exc
+    while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+        leaf = leaf.exceptions[0]
+    where = ""
+    frames = traceback.extract_tb(leaf.__traceback__)
+    if frames:
+        last = frames[-1]
+        where = f" (at {os.path.basename(last.filename)}:{last.lineno} in {last.name})"
+    return f"internal error: {type(leaf).__name__}: {leaf}{where}"
 
-    def __init__(self, supervisor: Supervisor, instance: ServiceInstance) -> None:
+
+class Runner:
+    """Runs one :class:`ServiceInstance` under the restart table, for a :class:`RunnerHost`."""
+
+    def __init__(self, host: RunnerHost, instance: ServiceInstance) -> None:
         """Prepare (but do not start) the runner for *instance*."""
-        self.sup = supervisor
+        self._host = host
         self.instance = instance
         self.name = instance.name
         self.state = State.DOWN
         self.proc: Process | None = None
         self.generation = 0
         self.started_at: float | None = None
-        self._started_mono = 0.0
+        self._started_mono: float | None = None  # None: the last start never ran
         self.restarts = 0
         self.last_exit: ExitStatus | None = None
         self.last_reason = ""
         self.status_text = ""
-        self.ready = trio.Event()
+        self.error = ""
+        self.blocked_on: str | None = None  # a dependency that ended or failed
+        self.finished = False  # the runner's task has ended
+        self.traceback = ""  # the full traceback of an internal error, for debugging
         self._changed = trio.Event()
         self._backoff = BackoffCounter(instance.spec.backoff)
         self._send, self._inbox = trio.open_memory_channel[tuple[Input, int | None, Any]](math.inf)
@@ -104,8 +233,9 @@ class Runner:
         self._exit_reason = ""  # why nsup is ending the current run, for last_reason
         self._nursery: trio.Nursery | None = None
         self._scope = trio.CancelScope()
+        self._crashed = False
 
-    # --- what others call -------------------------------------------------
+    # --- what the host calls --------------------------------------------------
 
     def send(self, event: Input, generation: int | None = None, payload: Any = None) -> None:
         """Queue an input; *generation* (if given) drops it once that run is over."""
@@ -124,30 +254,80 @@ class Runner:
             last_reason=self.last_reason,
             ready=self.state is State.UP,
             status_text=self.status_text,
+            error=self.error,
         )
 
+    @property
+    def running(self) -> bool:
+        """True while a process of this runner exists (not yet reaped)."""
+        return self.proc is not None
+
+    @property
+    def settled(self) -> bool:
+        """Up, ended, failed, finished, or waiting for a dependency that ended or failed."""
+        return self.state in (State.UP, *TERMINAL) or self.finished or self.blocked_on is not None
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing runs and nothing is scheduled (or the task has ended)."""
+        return self.finished or (self.state in QUIET and self.proc is None)
+
+    def send_signal(self, signo: int) -> bool:
+        """Send *signo* to the running process; return whether there was one."""
+        if self.proc is None or self.proc.status is not None:
+            return False
+        self.proc.send_signal(signo)
+        return True
+
+    def next_backoff(self) -> float:
+        """Count a restart against this instance's backoff and return its delay."""
+        return self._backoff.next_delay(self._uptime())
+
+    def count_restart(self) -> None:
+        """Record a restart made on this instance's behalf (group restarts)."""
+        self.restarts += 1
+
     async def wait_for(self, predicate: Callable[[Runner], bool]) -> None:
-        """Wait until ``predicate(self)`` holds (checked at every state change)."""
+        """Wait until ``predicate(self)`` holds (checked at every change)."""
         while not predicate(self):
             await self._changed.wait()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The runner's task: read the inbox until :meth:`close`.
+    async def wait_ready(self) -> None:
+        """Wait until this instance is up and ready (again, after any restart)."""
+        await self.wait_for(lambda r: r.state is State.UP)
 
-        It is shielded from outside cancellation: when the code that owns the
-        supervisor is cancelled, the runners must live on long enough to stop
-        their processes in dependency order.  The supervisor closes them once
-        everything is down.
+    async def run(self) -> None:
+        """The runner's task: read the inbox until :meth:`close` or cancellation.
+
+        Not shielded.  An exception in any of its tasks fails this instance
+        (state ``failed``, a ``failed`` event) and ends the task; a
+        cancellation ends it too.  Either way the process is stopped before
+        it returns (see the module docstring).
         """
-        with trio.CancelScope(shield=True), self._scope:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await self._loop()
+        try:
+            with self._scope:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        await self._loop()
+                except* Exception as group:  # noqa: BLE001 - any error fails this instance only (the failure model)
+                    self._crash(group)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._teardown()
+            self.finished = True
+            self._notify()
 
     def close(self) -> None:
-        """End the runner's task and every task it started."""
+        """End the runner's task and every task it started (its process is stopped)."""
         self._scope.cancel()
+
+    # --- the loop -------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+        self._host.state_changed(self)
 
     async def _loop(self) -> None:
         async for event, generation, payload in self._inbox:
@@ -156,9 +336,35 @@ class Runner:
             action, new_state = transition(self.state, event)
             self.state = new_state
             self._perform(action, event, payload)
-            self._changed.set()
-            self._changed = trio.Event()
-            self.sup.state_changed(self)
+            self._notify()
+
+    def _crash(self, group: BaseExceptionGroup[Exception]) -> None:
+        self._crashed = True
+        self.traceback = "".join(traceback.format_exception(group))
+        self._fail(_describe(group))
+
+    def _fail(self, message: str) -> None:
+        """Enter the terminal ``failed`` state, saying why."""
+        self.state = State.FAILED
+        self.error = message
+        self._publish("failed", message=message)
+
+    async def _teardown(self) -> None:
+        """Stop and reap the process, if one is left; shielded by the caller, bounded."""
+        proc = self.proc
+        if proc is None:
+            return
+        if not self._crashed:
+            # Cancelled with the rest: the dependents go first.  Each of them is
+            # bounded by its stop timeout; the bound here is a backstop.
+            dependents = self._host.dependents(self.name)
+            bound = sum(d.instance.spec.stop.timeout for d in dependents) + 1.0
+            with trio.move_on_after(bound):
+                for dependent in dependents:
+                    await dependent.wait_for(lambda r: r.proc is None or r.finished)
+        await proc.aclose()
+        self.proc = None
+        self._notify()
 
     # --- actions ------------------------------------------------------------
 
@@ -168,12 +374,12 @@ class Runner:
             self._record_exit(payload)
         if action is Action.SPAWN:
             self.generation += 1
-            self.ready = trio.Event()
+            self.error = ""
+            self._started_mono = None
             # Made here, not in the task: a STOP may come before the task runs.
             self._abort = trio.CancelScope()
             self._nursery.start_soon(self._incarnation, self.generation, self._abort)
         elif action is Action.ANNOUNCE_READY:
-            self.ready.set()
             self._publish("ready")
         elif action is Action.KILL:
             if event is Input.PROBE_FAILED:
@@ -184,17 +390,20 @@ class Runner:
                 self._restart_reason = ""
             self._kill()
         elif action is Action.ON_EXIT:
-            self._on_exit(payload)
+            self._on_exit()
         elif action is Action.RESCHEDULE:
             if self._restart_reason == "manual":
                 self._schedule(0.0)
             else:
-                self._on_exit(payload)
+                self._on_exit()
         elif action is Action.CANCEL_DELAY:
             if self._delay_scope is not None:
                 self._delay_scope.cancel()
             if event is Input.RESTART:
                 self.send(Input.START)
+        elif action is Action.FAIL:
+            self.last_reason = "spawn failed"
+            self._fail(str(payload))
 
     def _record_exit(self, status: ExitStatus | None) -> None:
         """Keep how the last run ended and why nsup ended it, if it did; nothing older."""
@@ -203,11 +412,18 @@ class Runner:
             self.last_reason = "oom" if status.oom_killed else self._exit_reason
         self._exit_reason = ""
 
-    def _on_exit(self, status: ExitStatus | None) -> None:
-        uptime = time.monotonic() - self._started_mono
-        decision = self.sup.on_exit(self, status)
+    def _uptime(self) -> float:
+        """How long the last run lasted; 0 when the start failed before the command ran."""
+        if self._started_mono is None:
+            return 0.0
+        return time.monotonic() - self._started_mono
+
+    def _on_exit(self) -> None:
+        decision, message = self._host.on_exit(self)
         if decision == "restart":
-            self._schedule(self._backoff.next_delay(uptime))
+            self._schedule(self.next_backoff())
+        elif decision == "fail":
+            self._fail(message)
         else:  # "group" or "give_up": the supervisor takes it from here
             self.state = State.DOWN
 
@@ -240,25 +456,49 @@ class Runner:
             self._publish("killed", pid=proc.pid, message=message)
 
     def _publish(self, kind: EventKind, **fields: Any) -> None:
-        self.sup.publish(Event(kind=kind, service=self.name, **fields))
+        self._host.emit(Event(kind=kind, service=self.name, **fields))
 
     # --- one run of the process ----------------------------------------------
 
     async def _wait_dependencies(self) -> None:
+        """Return once every dependency is up and ready at the same time.
+
+        Waits on the dependencies' states, not on a one-shot event, so a
+        dependency that fails before its first ready and then comes up
+        releases its dependents.  While one has ended or failed, this
+        instance is ``blocked_on`` it (and counts as settled for start-up).
+        """
         while True:
             pending = [
                 r
-                for dep in self.instance.depends_on
-                if (r := self.sup.runners.get(dep)) and not r.ready.is_set()
+                for name in self.instance.depends_on
+                if (r := self._host.dependency(name)) is not None and r.state is not State.UP
             ]
             if not pending:
                 return
-            await pending[0].ready.wait()
+            dep = pending[0]
+            if dep.finished:
+                self._set_blocked(dep.name)
+                await self._host.wait_runners_changed()
+            elif dep.state in TERMINAL:
+                self._set_blocked(dep.name)
+                await dep.wait_for(lambda r: r.state not in TERMINAL or r.finished)
+            else:
+                self._set_blocked(None)
+                await dep.wait_for(lambda r: r.state in (State.UP, *TERMINAL) or r.finished)
+
+    def _set_blocked(self, name: str | None) -> None:
+        if self.blocked_on != name:
+            self.blocked_on = name
+            self._notify()
 
     async def _incarnation(self, generation: int, abort: trio.CancelScope) -> None:
         started = None
         with abort:
-            await self._wait_dependencies()
+            try:
+                await self._wait_dependencies()
+            finally:
+                self._set_blocked(None)
             self._publish("starting")
             started = await self._start(generation)
         if abort.cancelled_caught:
@@ -267,12 +507,11 @@ class Runner:
         if started is None:
             return  # _start reported the failure
         proc, notify, read_fd = started
-        try:
-            status = await self._supervise(proc, generation, notify, read_fd)
-        finally:
-            with trio.CancelScope(shield=True):
-                await proc.aclose()
-            self.proc = None
+        # Cancelled or failed here: run()'s teardown stops the process.
+        status = await self._supervise(proc, generation, notify, read_fd)
+        with trio.CancelScope(shield=True):
+            await proc.aclose()  # reaped already: this closes its descriptors
+        self.proc = None
         self._report_exit(generation, status)
 
     def _report_exit(self, generation: int, status: ExitStatus) -> None:
@@ -281,33 +520,54 @@ class Runner:
         self.send(Input.EXIT_RESTART if restart else Input.EXIT_FINAL, generation, status)
 
     async def _start(self, generation: int) -> tuple[Process, NotifySocket | None, int] | None:
-        """Spawn the process; on failure report it as an exit and return None."""
+        """Spawn the process; on failure report it (as an exit, or as FAIL) and return None.
+
+        Spawns run under the host's limiter, so the descriptors held by spawns
+        in flight stay bounded however many instances start at once.
+        """
         notify = None
-        if self.instance.spec.ready is not None and self.instance.spec.ready.kind == "notify":
-            notify = NotifySocket(self.sup.runtime_dir, self.name)
-            await notify.bind()
-        read_fd, spec, close_after = spec_for(self.instance, notify.path if notify else None)
+        read_fd = -1
         try:
-            proc = await start_process(spec)
+            async with self._host.spawn_limiter:
+                if (
+                    self.instance.spec.ready is not None
+                    and self.instance.spec.ready.kind == "notify"
+                ):
+                    notify = NotifySocket(self._host.notify_dir, self.name)
+                    await notify.bind()
+                read_fd, spec, close_after = spec_for(
+                    self.instance, notify.path if notify else None
+                )
+                try:
+                    proc = await start_process(spec)
+                finally:
+                    for fd in close_after:
+                        os.close(fd)
         except BaseException as exc:
             if read_fd >= 0:
                 os.close(read_fd)
             if notify is not None:
                 notify.close()
-            if not isinstance(exc, SpawnError):
+            if not isinstance(exc, OSError):
                 raise
-            self._exit_reason = "spawn failed"
-            self._publish("spawn_failed", message=str(exc))
-            self._report_exit(generation, ExitStatus(code=exc.exit_code))
+            self._spawn_failed(generation, exc)
             return None
-        finally:
-            for fd in close_after:
-                os.close(fd)
         self.proc = proc
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self._publish("started", pid=proc.pid)
         return proc, notify, read_fd
+
+    def _spawn_failed(self, generation: int, exc: OSError) -> None:
+        """A permanent error fails the instance now; a transient one counts as a crash."""
+        message = str(exc) if isinstance(exc, SpawnError) else f"cannot start: {exc}"
+        self._publish("spawn_failed", message=message)
+        if permanent_error(exc):
+            self.send(Input.FAIL, generation, message)
+            return
+        self._exit_reason = "spawn failed"
+        code = exc.exit_code if isinstance(exc, SpawnError) else 127
+        self._report_exit(generation, ExitStatus(code=code))
 
     async def _supervise(
         self, proc: Process, generation: int, notify: NotifySocket | None, read_fd: int
@@ -316,6 +576,7 @@ class Runner:
         assert self._nursery is not None  # noqa: S101
         if read_fd >= 0:
             # The pump outlives this run if a descendant keeps the pipe open.
+            self._host.output_opened()
             self._nursery.start_soon(self._pump, trio.lowlevel.FdStream(read_fd), hooks)
         try:
             async with trio.open_nursery() as helpers:
@@ -331,13 +592,11 @@ class Runner:
     async def _pump(
         self, stream: trio.lowlevel.FdStream, hooks: list[Callable[[str], None]]
     ) -> None:
-        self.sup.pumps += 1
         try:
             async with stream:
-                await pump_lines(stream, self.name, self.sup.output, hooks)
+                await pump_lines(stream, self.name, self._host.output, hooks)
         finally:
-            self.sup.pumps -= 1
-            self.sup.pumps_changed.set()
+            self._host.output_closed()
 
     async def _readiness(
         self,

@@ -10,11 +10,35 @@ which records the restart against the intensity and picks the strategy:
 - ``rest_for_one``: the same, for the instance and those after it in
   dependency order.
 
-More than ``max_restarts`` restarts within ``within`` seconds gives up: every
-instance is stopped and the supervisor ends with exit code 1, naming the
-instance that tripped it.  Stopping honours dependencies both ways: an
-instance stops only once everything that depends on it is down, and returns
-as soon as the last process is reaped.
+More than ``max_restarts`` restarts within ``within`` seconds gives up.  With
+``on_give_up = "exit"`` (the default) every instance is stopped and the
+supervisor ends with exit code 1, naming the instance that tripped it; with
+``"fail-service"`` the intensity is counted per instance and the one that
+trips it is left ``failed`` while the rest run on.  Stopping honours
+dependencies both ways: an instance stops only once everything that depends
+on it is down, and returns as soon as the last process is reaped.
+
+The failure model (docs/failure-model.md)
+-----------------------------------------
+- An exception inside one instance's runner fails that instance only: it goes
+  to the terminal ``failed`` state, the error is in its status (``error``) and
+  in a ``failed`` event, its process is stopped, the others run on.  So do
+  spawn errors that a retry cannot cure (``runner.permanent_error``).
+- An exception in the supervisor itself (its own tasks, a strategy, a
+  reload) propagates out of the nursery that holds the runners.  That
+  cancels the runners, and each one's last act, shielded and bounded by the
+  stop timeouts, stops its process after its dependents' (see ``runner.py``).
+  ``open_supervisor`` then raises it; ``nsup run`` prints the traceback and
+  exits 70.
+- Only the stop path is shielded, never a runner.  Runners are started with
+  ``start_soon`` (``nursery.start`` under an already-cancelled caller never
+  moves the task, and would wait for ever), so a cancellation at any
+  instant, in start-up or in a reload, returns within the stop timeouts and
+  leaves no process.
+- Spawns run under a ``trio.CapacityLimiter`` (``SPAWN_CONCURRENCY``): the
+  descriptors held by spawns in flight are bounded, and running out of
+  descriptors is a transient spawn failure of one instance, retried with
+  backoff.
 """
 
 from __future__ import annotations
@@ -24,7 +48,7 @@ import shutil
 import tempfile
 import time
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -32,19 +56,17 @@ from .._errors import NsupError
 from .events import Event, EventBus
 from .output import prefix_writer
 from .restart import Input, Intensity, State
-from .runner import Runner, ServiceStatus
+from .runner import QUIET, Decision, Runner, ServiceStatus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable
 
-    from .._exitstatus import ExitStatus
     from .._policy import Policy, ServiceInstance
 
-__all__ = ["GaveUpError", "Supervisor", "open_supervisor"]
+__all__ = ["QUIET", "SPAWN_CONCURRENCY", "GaveUpError", "Supervisor", "open_supervisor"]
 
-Decision = Literal["restart", "group", "give_up"]
-QUIET = frozenset({State.DOWN, State.ENDED})
 OUTPUT_DRAIN = 1.0  # seconds stop_all waits for output pipes to reach EOF
+SPAWN_CONCURRENCY = 32  # spawns in flight at once (each holds a few descriptors)
 
 
 class GaveUpError(NsupError, RuntimeError):
@@ -72,7 +94,11 @@ def _runtime_dir() -> str:
 
 
 class Supervisor:
-    """A running policy.  Made by :func:`open_supervisor` (or ``nsup run``)."""
+    """A running policy.  Made by :func:`open_supervisor` (or ``nsup run``).
+
+    It is the :class:`~nsup._engine.runner.RunnerHost` of its runners: the
+    methods under "what runners ask" are that interface.
+    """
 
     def __init__(
         self,
@@ -83,34 +109,48 @@ class Supervisor:
         """Prepare runners for *policy*; nothing starts until :meth:`start_all`."""
         self.policy = policy
         self._nursery = nursery
-        self.output = output or prefix_writer()
+        self._output = output or prefix_writer()
         self.bus = EventBus()
         self.runtime_dir = _runtime_dir()
         self.runners: dict[str, Runner] = {}
         self.order: list[str] = []
         self.intensity = Intensity(policy.supervisor.max_restarts, policy.supervisor.within)
+        self._own_intensity: dict[str, Intensity] = {}  # per instance, for fail-service
         self.gave_up: GaveUpError | None = None
         self.done = trio.Event()
         self.started_at = time.time()
         self._stopping = False
         self._group_busy = False
         self._instances: dict[str, ServiceInstance] = {}
-        self.pumps = 0  # output pipes still being read
-        self.pumps_changed = trio.Event()
+        self._pumps = 0  # output pipes still being read
+        self._pumps_changed = trio.Event()
+        self._runners_changed = trio.Event()
+        self._reload_lock = trio.Lock()
+        self._spawn_limiter = trio.CapacityLimiter(SPAWN_CONCURRENCY)
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop_all` began (nothing new starts after that)."""
+        return self._stopping
 
     # --- life cycle -----------------------------------------------------------
 
-    async def _add(self, instance: ServiceInstance) -> Runner:
+    def _add(self, instance: ServiceInstance) -> Runner:
+        """Make a runner for *instance* and start its task (``start_soon``: never waits)."""
         runner = Runner(self, instance)
         self.runners[instance.name] = runner
         self._instances[instance.name] = instance
-        await self._nursery.start(runner.run)
+        self._nursery.start_soon(runner.run, name=f"nsup runner {instance.name}")
+        self._runners_changed.set()
+        self._runners_changed = trio.Event()
         return runner
 
     async def start_all(self) -> None:
-        """Start every instance; return once all are ready (or ended, or nsup gave up)."""
+        """Start every instance; return once all are settled (up, ended, failed, or nsup gave up)."""
+        if self._stopping:
+            return
         for instance in self.policy.expanded():
-            await self._add(instance)
+            self._add(instance)
             self.order.append(instance.name)
         for name in self.order:
             self.runners[name].send(Input.START)
@@ -120,20 +160,23 @@ class Supervisor:
         for name in list(names):
             runner = self.runners.get(name)
             if runner is not None:
-                await runner.wait_for(
-                    lambda r: r.state in (State.UP, State.ENDED) or self.done.is_set()
-                )
+                await runner.wait_for(lambda r: r.settled or self.done.is_set())
 
     async def stop_all(self) -> None:
-        """Stop every instance, dependents first; return once every process is reaped."""
+        """Stop every instance, dependents first; return once every process is reaped.
+
+        Safe to call at any time, more than once, and concurrently with a
+        start-up or a reload: nothing starts once it began.
+        """
         self._stopping = True
-        await self._stop_group(list(self.runners))
+        async with self._reload_lock:  # a reload in flight finishes (it stops early) first
+            while busy := [n for n, r in self.runners.items() if not r.quiet]:
+                await self._stop_group(busy)
         # Print what the services wrote before they died.  A descendant that
         # escaped (no PID namespace) may hold a pipe open: wait a little only.
         with trio.move_on_after(OUTPUT_DRAIN):
-            while self.pumps:
-                await self.pumps_changed.wait()
-                self.pumps_changed = trio.Event()
+            while self._pumps:
+                await self._pumps_changed.wait()
         self._finish()
         for runner in self.runners.values():
             runner.close()
@@ -144,16 +187,19 @@ class Supervisor:
             for name in names:
                 nursery.start_soon(self._stop_one, name, members)
 
-    def _dependents(self, name: str) -> list[Runner]:
+    def dependents(self, name: str) -> list[Runner]:
+        """The runners whose instance depends on *name* (part of the runner host)."""
         return [r for r in self.runners.values() if name in r.instance.depends_on]
 
     async def _stop_one(self, name: str, members: set[str]) -> None:
-        runner = self.runners[name]
-        for dependent in self._dependents(name):
+        runner = self.runners.get(name)
+        if runner is None:
+            return
+        for dependent in self.dependents(name):
             if dependent.name in members:
-                await dependent.wait_for(lambda r: r.state in QUIET)
+                await dependent.wait_for(lambda r: r.quiet)
         runner.send(Input.STOP)
-        await runner.wait_for(lambda r: r.state in QUIET)
+        await runner.wait_for(lambda r: r.quiet)
 
     def _finish(self) -> None:
         if not self.done.is_set():
@@ -161,36 +207,82 @@ class Supervisor:
             self.bus.close()
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
-    # --- what runners ask -----------------------------------------------------------
+    # --- what runners ask (the RunnerHost interface) ------------------------------
 
-    def publish(self, event: Event) -> None:
+    @property
+    def notify_dir(self) -> str:
+        """Where runners bind notify sockets."""
+        return self.runtime_dir
+
+    @property
+    def spawn_limiter(self) -> trio.CapacityLimiter:
+        """Bounds the spawns in flight."""
+        return self._spawn_limiter
+
+    def emit(self, event: Event) -> None:
         """Hand *event* to every subscriber."""
         self.bus.publish(event)
 
-    def on_exit(self, runner: Runner, status: ExitStatus | None) -> Decision:
+    publish = emit
+
+    def output(self, name: str, line: str) -> None:
+        """Write one line of a service's output through the sink given at creation."""
+        self._output(name, line)
+
+    def output_opened(self) -> None:
+        """Count an output pipe being read."""
+        self._pumps += 1
+
+    def output_closed(self) -> None:
+        """Count an output pipe done."""
+        self._pumps -= 1
+        self._pumps_changed.set()
+        self._pumps_changed = trio.Event()
+
+    def dependency(self, name: str) -> Runner | None:
+        """The current runner of *name*, if any."""
+        return self.runners.get(name)
+
+    async def wait_runners_changed(self) -> None:
+        """Return at the next runner added (start-up, reload, a failed runner revived)."""
+        await self._runners_changed.wait()
+
+    def on_exit(self, runner: Runner) -> tuple[Decision, str]:
         """Decide what follows an exit that *runner*'s restart rule wants restarted."""
-        del status
         if self._stopping:
-            return "give_up"
-        if self.intensity.record(time.monotonic()):
-            sup = self.policy.supervisor
+            return "give_up", ""
+        sup = self.policy.supervisor
+        now = time.monotonic()
+        if sup.on_give_up == "fail-service":
+            own = self._own_intensity.setdefault(
+                runner.name, Intensity(sup.max_restarts, sup.within)
+            )
+            own.max_restarts, own.within = sup.max_restarts, sup.within
+            if own.record(now):
+                own.clear()
+                message = (
+                    f"gave up: more than {sup.max_restarts} restarts within {sup.within:g}s "
+                    "(on_give_up = fail-service); `nsup start` tries again"
+                )
+                return "fail", message
+        elif self.intensity.record(now):
             self.gave_up = GaveUpError(runner.name, sup.max_restarts, sup.within)
-            self.publish(Event(kind="gave_up", service=runner.name, message=str(self.gave_up)))
+            self.emit(Event(kind="gave_up", service=runner.name, message=str(self.gave_up)))
             self._nursery.start_soon(self.stop_all)
-            return "give_up"
-        strategy = self.policy.supervisor.strategy
+            return "give_up", ""
+        strategy = sup.strategy
         if strategy == "one_for_one" or self._group_busy:
-            return "restart"
+            return "restart", ""
         index = self.order.index(runner.name)
         group = self.order if strategy == "one_for_all" else self.order[index:]
         self._nursery.start_soon(self._restart_group, runner, list(group))
-        return "group"
+        return "group", ""
 
     async def _restart_group(self, failed: Runner, group: list[str]) -> None:
         self._group_busy = True
         try:
-            delay = failed._backoff.next_delay(time.monotonic() - failed._started_mono)  # noqa: SLF001
-            self.publish(
+            delay = failed.next_backoff()
+            self.emit(
                 Event(
                     kind="restarting",
                     service=failed.name,
@@ -202,18 +294,22 @@ class Supervisor:
             await trio.sleep(delay)
             if self._stopping:
                 return
+            failed.count_restart()
             for name in group:
-                self.runners[name].restarts += name == failed.name
-                self.runners[name].send(Input.START)
+                runner = self.runners.get(name)
+                if runner is not None:
+                    runner.send(Input.START)
         finally:
             self._group_busy = False
 
     def state_changed(self, runner: Runner) -> None:
-        """Called after every transition: notice when nothing is left to run."""
+        """Called after every change: notice when nothing is left to run."""
         del runner
         if self._stopping or self._group_busy or self.done.is_set():
             return
-        if self.runners and all(r.state is State.ENDED for r in self.runners.values()):
+        if self.runners and all(
+            r.state in (State.ENDED, State.FAILED) and not r.running for r in self.runners.values()
+        ):
             self._finish()
 
     # --- the public API ---------------------------------------------------------
@@ -221,6 +317,12 @@ class Supervisor:
     def status(self) -> dict[str, ServiceStatus]:
         """A snapshot of every instance, in dependency order."""
         return {name: self.runners[name].snapshot() for name in self.order if name in self.runners}
+
+    def failed(self) -> list[str]:
+        """The instances in the ``failed`` state."""
+        return [
+            n for n in self.order if n in self.runners and self.runners[n].state is State.FAILED
+        ]
 
     def _named(self, names: Iterable[str]) -> list[Runner]:
         found = []
@@ -234,9 +336,20 @@ class Supervisor:
             found.extend(matches)
         return found
 
+    def _revive(self, runners: list[Runner]) -> list[Runner]:
+        """Replace each runner whose task ended (after an internal error) with a fresh one."""
+        out = []
+        for runner in runners:
+            if runner.finished and not self._stopping:
+                fresh = self._add(self._instances[runner.name])
+                out.append(fresh)
+            else:
+                out.append(runner)
+        return out
+
     async def start(self, *names: str) -> None:
-        """Start the named services (a service name covers all its instances); wait until ready."""
-        runners = self._named(names)
+        """Start the named services (a service name covers all its instances); wait until settled."""
+        runners = self._revive(self._named(names))
         for runner in runners:
             runner.send(Input.START)
         await self._wait_settled(r.name for r in runners)
@@ -247,63 +360,67 @@ class Supervisor:
         for runner in runners:
             runner.send(Input.STOP)
         for runner in runners:
-            await runner.wait_for(lambda r: r.state in QUIET)
+            await runner.wait_for(lambda r: r.quiet)
 
     async def restart(self, *names: str) -> None:
         """Restart the named services now (no backoff, not counted toward intensity); wait until ready."""
-        runners = self._named(names)
+        runners = self._revive(self._named(names))
         generations = {r.name: r.generation for r in runners}
         for runner in runners:
             runner.send(Input.RESTART)
         for runner in runners:
             await runner.wait_for(
                 lambda r: (
-                    (r.generation > generations[r.name] and r.state in (State.UP, State.ENDED))
+                    (r.generation > generations[r.name] and r.settled)
+                    or r.finished
                     or self.done.is_set()
                 )
             )
 
     def signal(self, name: str, signo: int) -> int:
         """Send *signo* to every running instance of *name*; return how many got it."""
-        sent = 0
-        for runner in self._named([name]):
-            if runner.proc is not None and runner.proc.status is None:
-                runner.proc.send_signal(signo)
-                sent += 1
-        return sent
+        return sum(runner.send_signal(signo) for runner in self._named([name]))
 
     def events(self) -> AsyncIterator[Event]:
-        """Follow events from now on: starting, started, ready, exited, restarting, gave_up..."""
+        """Follow events from now on: starting, started, ready, exited, restarting, failed..."""
         return self.bus.subscribe()
 
     async def reload(self, policy: Policy) -> dict[str, list[str]]:
         """Apply *policy*: restart changed instances, stop removed ones, start new ones.
 
         Unchanged instances are not touched.  Returns the names per outcome.
+        Reloads are serialised: a second call waits for the first.  Once
+        :meth:`stop_all` began, a reload changes nothing.
         """
-        new = {i.name: i for i in policy.expanded()}
-        removed = [n for n in self.order if n not in new]
-        changed = [n for n in self.order if n in new and new[n] != self._instances[n]]
-        added = [n for n in new if n not in self.runners]
-        self.policy = policy
-        self.intensity.max_restarts = policy.supervisor.max_restarts
-        self.intensity.within = policy.supervisor.within
-        await self._stop_group(removed + changed)
-        for name in removed + changed:
-            self._forget(name)
-        self.order = list(new)
-        for name in changed + added:
-            await self._add(new[name])
-        for name in self.order:
-            if name in changed or name in added:
-                self.runners[name].send(Input.START)
+        async with self._reload_lock:
+            if self._stopping:
+                return {"changed": [], "removed": [], "added": []}
+            new = {i.name: i for i in policy.expanded()}
+            removed = [n for n in self.order if n not in new]
+            changed = [n for n in self.order if n in new and new[n] != self._instances[n]]
+            added = [n for n in new if n not in self.runners]
+            self.policy = policy
+            self.intensity.max_restarts = policy.supervisor.max_restarts
+            self.intensity.within = policy.supervisor.within
+            await self._stop_group(removed + changed)
+            for name in removed + changed:
+                self._forget(name)
+            self.order = list(new)
+            if not self._stopping:
+                for name in changed + added:
+                    self._add(new[name])
+                for name in self.order:
+                    if name in changed or name in added:
+                        self.runners[name].send(Input.START)
         await self._wait_settled(changed + added)
         return {"changed": changed, "removed": removed, "added": added}
 
     def _forget(self, name: str) -> None:
-        runner = self.runners.pop(name)
-        self._instances.pop(name)
-        runner.close()
+        runner = self.runners.pop(name, None)
+        self._instances.pop(name, None)
+        self._own_intensity.pop(name, None)
+        if runner is not None:
+            runner.close()
 
 
 @asynccontextmanager
@@ -316,7 +433,10 @@ async def open_supervisor(
     gracefully (dependents first; stop signal, then SIGKILL after its stop
     timeout) and waits until every process is reaped.  If restart intensity
     is exceeded, everything is stopped, the block is cancelled and
-    :class:`nsup.GaveUpError` is raised.
+    :class:`nsup.GaveUpError` is raised.  A service whose runner hits an
+    unexpected error (an *output* callback that raises, say) is left
+    ``failed`` and the rest run on; an unexpected error in the supervisor
+    itself stops everything and is raised here.
 
     Args:
         policy: from :func:`nsup.load_policy` or :meth:`nsup.Policy.from_dict`.

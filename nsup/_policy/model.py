@@ -38,6 +38,7 @@ __all__ = [
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 Restart = Literal["always", "on-failure", "never"]
+OnGiveUp = Literal["exit", "fail-service"]
 
 
 @attrs.frozen
@@ -78,6 +79,9 @@ class SupervisorConfig:
         strategy: which services restart when one ends (Erlang/OTP names).
         max_restarts: restart intensity: more restarts than this ...
         within: ... within this many seconds make nsup give up (exit 1).
+        on_give_up: ``exit`` (the whole supervisor stops, exit 1) or
+            ``fail-service`` (intensity counts per service; the one that trips
+            it is left ``failed`` and the rest run on).
         control: the control socket path, or ``None`` for the default.
         health: ``(host, port)`` for the HTTP health endpoint, or ``None``.
 
@@ -86,6 +90,7 @@ class SupervisorConfig:
     strategy: Strategy = "one_for_one"
     max_restarts: int = 10
     within: float = 60.0
+    on_give_up: OnGiveUp = "exit"
     control: str | None = None
     health: tuple[str, int] | None = None
 

@@ -140,6 +140,7 @@ SUPERVISOR_FIELDS: Mapping[str, Validator] = {
     "strategy": one_of("one_for_one", "one_for_all", "rest_for_one"),
     "max_restarts": integer(minimum=0),
     "within": duration(),
+    "on_give_up": one_of("exit", "fail-service"),
     "control": string(max_length=_SOCKET_PATH_MAX),
     "health": host_port(),
 }
