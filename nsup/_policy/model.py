@@ -90,9 +90,9 @@ class SupervisorConfig:
     strategy: Strategy = "one_for_one"
     max_restarts: int = 10
     within: float = 60.0
-    on_give_up: OnGiveUp = "exit"
     control: str | None = None
     health: tuple[str, int] | None = None
+    on_give_up: OnGiveUp = "exit"
 
 
 @attrs.frozen
