@@ -18,6 +18,7 @@ signal inside is reported as such even though PID 1 itself can only exit.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 import warnings
@@ -117,8 +118,13 @@ class Process(metaclass=_NoPublicConstructor):
         """Send SIGKILL: with a PID namespace, everything in it dies.
 
         Without one, every process in the child's cgroup is killed too, so
-        descendants that double-forked away are not left behind.
+        descendants that double-forked away are not left behind.  Without a
+        cgroup either, nsup's init (a child subreaper, so every descendant is
+        still below it) has its tree killed from here first, bottom up, and
+        only then dies itself: the tree kill does not depend on the cgroup.
         """
+        if self.status is None and "pid" not in self.spec.namespaces and self.spec.has_init:
+            kill_descendants(self.pid)
         self.send_signal(signal.SIGKILL)
         if self._cgroup is not None and "pid" not in self.spec.namespaces:
             self._cgroup.kill_all()
@@ -142,7 +148,9 @@ class Process(metaclass=_NoPublicConstructor):
         async with self._wait_lock:
             if self.status is None:
                 await trio.lowlevel.wait_readable(self.pidfd)
-                self._reap()
+                # poll() may have reaped it while we slept (as trio's wait re-checks).
+                if self.status is None:
+                    self._reap()
         await trio.lowlevel.checkpoint_if_cancelled()
         assert self.status is not None  # noqa: S101 - set by _reap
         return self.status
@@ -249,6 +257,36 @@ class Process(metaclass=_NoPublicConstructor):
                 trio.lowlevel.notify_closing(fd)
                 os.close(fd)
                 setattr(self, attr, -1)
+
+
+_KILL_ROUNDS = 64  # a tree that keeps forking faster than we kill is a fork bomb; stop there
+
+
+def kill_descendants(pid: int) -> None:
+    """SIGKILL every live descendant of *pid* (a subreaper that is still alive), by pidfd.
+
+    Repeated until a round finds nothing alive that was not already killed,
+    as a process may fork while we walk; bounded by ``_KILL_ROUNDS``.
+    """
+    killed: set[int] = set()
+    for _ in range(_KILL_ROUNDS):
+        todo = [pid]
+        fresh: list[tuple[int, int]] = []
+        while todo:
+            parent = todo.pop()
+            below = _sys.children(parent)
+            todo.extend(below)
+            fresh.extend((parent, p) for p in below if p not in killed)
+        if not fresh:
+            return
+        for parent, child in fresh:
+            # Once the pidfd is open the pid cannot change hands: check it is still below us.
+            _sys.signal_pid(child, signal.SIGKILL, functools.partial(_is_child, parent, child))
+            killed.add(child)
+
+
+def _is_child(parent: int, child: int) -> bool:
+    return child in _sys.children(parent)
 
 
 def _stdio_fds(spec: ProcessSpec, stack: ExitStack) -> tuple[list[int], list[tuple[str, int]]]:

@@ -20,7 +20,14 @@ so it becomes a *child subreaper* instead: orphans anywhere below it are
 reparented to it, even double-forked daemons.  When the command exits, or
 when the supervisor dies (its parent-death signal, checked against
 ``getppid()``), it SIGKILLs every descendant, reaps them, and exits.  This is
-the same guarantee a PID namespace gives, by hand.
+the same guarantee a PID namespace gives, by hand.  Two more ties hold
+without a PID namespace and without a cgroup: the command is started with
+``PR_SET_PDEATHSIG(SIGKILL)``, so SIGKILL sent to the init (by anyone) takes
+the command with it; and ``Process.kill()`` kills the init's descendants from
+the supervisor's side before the init itself.  What the command started and
+left running (its own children) is then reparented to the next subreaper:
+only a PID namespace or a cgroup holds those when the init is SIGKILLed from
+outside.
 
 A signal the terminal sent to the whole foreground process group (si_code
 ``SI_KERNEL``) already reached the command too when it shares init's process
@@ -118,6 +125,43 @@ def _reap(main_pid: int) -> int | None:
             status = wait_status
 
 
+def _spawn_tied(path: str, argv: list[str], env: dict[str, str]) -> int:
+    """Start the command with ``PR_SET_PDEATHSIG(SIGKILL)``: it dies when the init dies.
+
+    posix_spawn cannot arm that, so this forks (safe: the init has one
+    thread) and reports an exec failure over a close-on-exec pipe.
+    """
+    init_pid = os.getpid()
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != init_pid:
+                os._exit(128 + signal.SIGKILL)  # the init died before the signal was armed
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            os.execve(path, argv, env)  # noqa: S606 - the command's own argv, as posix_spawn
+        except OSError as exc:
+            os.write(w, b"%d" % (exc.errno or 0))
+        finally:
+            os._exit(127)
+    os.close(w)
+    try:
+        failed = os.read(r, 32)
+    finally:
+        os.close(r)
+    if failed:
+        os.waitpid(pid, 0)
+        raise OSError(int(failed), os.strerror(int(failed)))
+    return pid
+
+
+def _start_command(path: str, argv: list[str], env: dict[str, str], *, subreaper: bool) -> int:
+    if subreaper:
+        return _spawn_tied(path, argv, env)
+    return os.posix_spawn(path, argv, env, setsigmask=())
+
+
 def run_init(
     path: str,
     argv: list[str],
@@ -138,7 +182,7 @@ def run_init(
         if os.getppid() != parent:
             os._exit(1)  # the supervisor died while the signal was being changed
     try:
-        pid = os.posix_spawn(path, argv, env, setsigmask=())
+        pid = _start_command(path, argv, env, subreaper=subreaper)
     except OSError as exc:
         os.write(report_fd, b"Eexec:%d\n" % (exc.errno or 0))
         os._exit(127)
