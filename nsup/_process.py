@@ -36,7 +36,8 @@ from ._errors import SpawnError
 from ._exitstatus import ExitStatus
 from ._limits import RLIMITS
 from ._spawn_errors import spawn_error
-from ._zygote_client import OWNED, get_zygote
+from ._zygote_client import OWNED
+from ._zygote_client import clone as _clone_child
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -436,7 +437,6 @@ async def start_process(spec: ProcessSpec) -> Process:
     """
     rootfs = _preflight(spec)
     await trio.lowlevel.checkpoint_if_cancelled()  # already cancelled: start nothing
-    zygote = get_zygote()
     with ExitStack() as cleanup_on_fail, ExitStack() as child_ends:
         cgroup = _cgroup.create(spec.limits)
         if cgroup is not None:
@@ -457,7 +457,7 @@ async def start_process(spec: ProcessSpec) -> Process:
             request["join"] = len(fds)
             fds.append(spec.join.pidfd)
         _add_cgroup_fds(request, fds, cgroup)
-        pid, err, message, pidfd = await zygote.clone(request, fds)
+        pid, err, message, pidfd = await _clone_child(request, fds)
         child_ends.close()  # only the child holds them now
         if pid <= 0:
             raise spawn_error(spec, "clone3", err, request["flags"], message)

@@ -6,14 +6,22 @@ started the zygote as their parent, and ``PR_SET_PDEATHSIG`` fires when that
 thread exits.  So the zygote is started with a plain ``subprocess.Popen`` on
 the calling thread (the one running ``trio.run``), never from trio's worker
 threads, which trio retires after 10 idle seconds.
+
+Never hang on the zygote: before each use it is checked (exited, or stopped
+by SIGSTOP or a debugger: replaced at once), every round trip is bounded by
+``ROUND_TRIP_TIMEOUT`` (past it the zygote is killed and replaced), and a
+zygote that is found gone during a request is replaced and the request sent
+once more, so its death never costs a spawn.
 """
 
 from __future__ import annotations
 
 import array
 import atexit
+import errno as _errno
 import marshal
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +36,15 @@ from ._errors import SpawnError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-__all__ = ["OWNED", "get_zygote", "hold_zygotes", "zygote_pids"]
+__all__ = ["OWNED", "ROUND_TRIP_TIMEOUT", "clone", "get_zygote", "hold_zygotes", "zygote_pids"]
+
+ROUND_TRIP_TIMEOUT = 10.0
+"""Seconds one clone request may take, lock wait excluded (a clone takes milliseconds)."""
+
+
+class ZygoteGoneError(SpawnError):
+    """The zygote died or stopped answering; a new one is started for the next request."""
+
 
 # Every pid a zygote cloned for us that has not been reaped yet.  Children made
 # with CLONE_PARENT inherit the zygote's exit signal (SIGCHLD), so they are as
@@ -65,37 +81,72 @@ class Zygote:
             str(os.getpid()),
             str(theirs.fileno()),
         ]
-        self._proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        try:
+            self._proc = subprocess.Popen(
+                argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         self.pid = self._proc.pid
-        theirs.close()
         self._stdsock = ours
         self._sock = trio.socket.from_stdlib_socket(ours)
         self._lock = trio.Lock()
         self.broken = False
 
+    def usable(self) -> bool:
+        """False once the zygote has exited, or while it is stopped (SIGSTOP, a tracer)."""
+        if self.broken or self._proc.poll() is not None:
+            return False
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                state = f.read().rpartition(b")")[2].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in (b"T", b"t", b"Z", b"X")
+
     async def clone(self, request: dict[str, Any], fds: list[int]) -> tuple[int, int, str, int]:
         """Send one clone request; return ``(pid, errno, message, pidfd)``.
 
         The exchange is shielded from cancellation: once the request is sent,
-        the reply carries the pidfd of a live child that must not be lost.
+        the reply carries the pidfd of a live child that must not be lost.  It
+        is bounded by ``ROUND_TRIP_TIMEOUT`` all the same.
+
+        Raises:
+            ZygoteGoneError: the zygote died or did not answer in time.
         """
         payload = marshal.dumps(request)
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         with trio.CancelScope(shield=True):
             async with self._lock:
-                try:
-                    await self._sock.sendmsg([payload], ancillary)
-                    msg, anc, _flags, _addr = await self._sock.recvmsg(
-                        4096, socket.CMSG_SPACE(array.array("i").itemsize)
-                    )
-                except OSError as exc:
+                if not self.usable():
                     self.broken = True
-                    raise SpawnError(
-                        exc.errno or 0, f"the nsup zygote is gone: {exc}", "zygote"
-                    ) from None
+                    raise ZygoteGoneError(_errno.ESRCH, "the nsup zygote is gone", "zygote")
+                with trio.move_on_after(ROUND_TRIP_TIMEOUT) as timer:
+                    try:
+                        await self._sock.sendmsg([payload], ancillary)
+                        msg, anc, flags, _addr = await self._sock.recvmsg(
+                            4096, socket.CMSG_SPACE(array.array("i").itemsize)
+                        )
+                    except OSError as exc:
+                        self.broken = True
+                        raise ZygoteGoneError(
+                            exc.errno or 0, f"the nsup zygote is gone: {exc}", "zygote"
+                        ) from None
+                if timer.cancelled_caught:
+                    self.broken = True
+                    raise ZygoteGoneError(
+                        _errno.ETIMEDOUT,
+                        f"the nsup zygote did not answer within {ROUND_TRIP_TIMEOUT:g}s",
+                        "zygote",
+                    )
                 if not msg:
                     self.broken = True
-                    raise SpawnError(0, "the nsup zygote exited; see its message above", "zygote")
+                    raise ZygoteGoneError(
+                        0, "the nsup zygote exited; see its message above", "zygote"
+                    )
                 pid, errno, message = marshal.loads(msg)  # noqa: S302 - our own zygote
                 if pid > 0:
                     OWNED.add(pid)
@@ -103,11 +154,18 @@ class Zygote:
         for level, kind, data in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 pidfd = array.array("i", data)[0]
+        if pid > 0 and pidfd < 0:
+            pidfd = _pidfd_of_orphaned_reply(pid, flags)
         return pid, errno, message, pidfd
 
     def close(self) -> None:
-        """Close the socket (the zygote exits on EOF) and reap the zygote."""
+        """Close the socket (the zygote exits on EOF) and reap the zygote.
+
+        A zygote that is broken or stopped is killed at once: nothing waits on it.
+        """
         self._stdsock.close()
+        if not self.usable():
+            self._proc.kill()
         try:
             self._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -133,15 +191,45 @@ async def hold_zygotes() -> AsyncIterator[None]:
         yield
 
 
+def _pidfd_of_orphaned_reply(pid: int, flags: int) -> int:
+    """The reply named a child but its pidfd did not arrive (out of descriptors: MSG_CTRUNC).
+
+    The child is ours and unreaped, so its pid cannot be recycled: open a
+    pidfd for it; if even that fails, kill and reap it, and report a
+    transient spawn failure.
+    """
+    try:
+        return os.pidfd_open(pid)
+    except OSError as exc:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)  # SIGKILLed: returns at once
+        OWNED.discard(pid)
+        truncated = " (reply truncated)" if flags & socket.MSG_CTRUNC else ""
+        raise SpawnError(
+            exc.errno or _errno.EMFILE,
+            f"no descriptor left for the new child's pidfd{truncated}: {exc.strerror}",
+            "zygote",
+        ) from None
+
+
 def get_zygote() -> Zygote:
-    """Return this thread's zygote, starting it if needed."""
+    """Return this thread's zygote, starting it if needed, or anew if it is dead or stopped."""
     key = (os.getpid(), threading.get_ident())
     zygote = _zygotes.get(key)
-    if zygote is None or zygote.broken:
+    if zygote is None or not zygote.usable():
         if zygote is not None:
+            del _zygotes[key]
             zygote.close()
         zygote = _zygotes[key] = Zygote()
     return zygote
+
+
+async def clone(request: dict[str, Any], fds: list[int]) -> tuple[int, int, str, int]:
+    """Ask this thread's zygote to clone; a zygote found gone is replaced and asked again once."""
+    try:
+        return await get_zygote().clone(request, fds)
+    except ZygoteGoneError:
+        return await get_zygote().clone(request, fds)
 
 
 @atexit.register
