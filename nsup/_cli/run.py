@@ -11,8 +11,11 @@ clone is in flight (the child exists, its pid is not known yet) it waits
 for the reply, so a fast-dying new child is never mistaken for an orphan.
 
 Exit codes: 0 after a clean shutdown or when every service has ended and
-none will restart; 1 when nsup gave up (restart intensity exceeded); 2 for an
-invalid policy or bad usage.
+none will restart; 1 when nsup gave up (restart intensity exceeded), or when
+every service has ended and some are ``failed``; 2 for an invalid policy or
+bad usage; 70 (EX_SOFTWARE) after an unexpected internal error: every service
+is stopped within its stop timeout, the traceback is printed, and nsup exits.
+It never hangs (docs/failure-model.md).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import resource
 import signal
 import sys
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
     import socket
 
     from .._engine.events import Event
+    from .._policy import Policy
 
 __all__ = ["register", "run"]
 
@@ -96,9 +101,19 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE, as sysexits.h
+
+
 def reap_orphans() -> None:
-    """Reap every exited child that is not ours (see the module docstring)."""
-    for pid in set(_sys.children()) - OWNED - zygote_pids():
+    """Reap every exited child that is not ours (see the module docstring).
+
+    Out of descriptors, the listing fails: the next SIGCHLD tries again.
+    """
+    try:
+        children = set(_sys.children())
+    except OSError:
+        return
+    for pid in children - OWNED - zygote_pids():
         try:
             os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
         except ChildProcessError:
@@ -118,22 +133,38 @@ async def _log_events(sup: Supervisor, log: _Logger, drained: trio.Event) -> Non
         drained.set()
 
 
-async def _reload(
-    sup: Supervisor, path: str, log: _Logger, lock: trio.Lock
-) -> dict[str, list[str]]:
+def _load_for_reload(path: str) -> Policy:
+    """Load the new policy; any failure to read it is a refused reload, never a crash.
+
+    Raises:
+        PolicyError, OSError: the new policy is invalid or unreadable.
+
+    """
+    try:
+        return load_policy(path)
+    except (PolicyError, OSError):
+        raise
+    except (RecursionError, MemoryError, ValueError, TypeError) as exc:
+        # A pathological file (a 3,000-deep nested table) must not end nsup.
+        issue = f"{path}: cannot load the policy: {type(exc).__name__}: {exc}"
+        raise PolicyError([issue]) from exc
+
+
+async def _reload(sup: Supervisor, path: str, log: _Logger) -> dict[str, list[str]]:
     """Re-read *path* and apply it; SIGHUP and the control socket's ``reload`` both come here.
+
+    ``Supervisor.reload`` applies one reload at a time, whoever asked.
 
     Raises:
         PolicyError, OSError: the new policy is invalid or unreadable; the old one stays.
 
     """
-    async with lock:  # one reload at a time, whoever asked
-        try:
-            policy = load_policy(path)
-        except (PolicyError, OSError) as exc:
-            log.line(f"reload of {path} refused; the running policy stays: {exc}")
-            raise
-        outcome = await sup.reload(policy)
+    try:
+        policy = _load_for_reload(path)
+    except (PolicyError, OSError) as exc:
+        log.line(f"reload of {path} refused; the running policy stays: {exc}")
+        raise
+    outcome = await sup.reload(policy)
     summary = (
         ", ".join(f"{k}: {', '.join(v)}" for k, v in outcome.items() if v) or "nothing changed"
     )
@@ -141,14 +172,13 @@ async def _reload(
     return outcome
 
 
-async def _reload_on_hup(sup: Supervisor, path: str, log: _Logger, lock: trio.Lock) -> None:
+async def _reload_on_hup(sup: Supervisor, path: str, log: _Logger) -> None:
     with contextlib.suppress(PolicyError, OSError):  # already reported
-        await _reload(sup, path, log, lock)
+        await _reload(sup, path, log)
 
 
 async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.socket | None) -> int:
     policy = load_policy(path)
-    reload_lock = trio.Lock()
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
     with trio.open_signal_receiver(*signals) as receiver:
         async with trio.open_nursery() as nursery:
@@ -161,7 +191,7 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
             )
             server = ControlServer(
                 sup,
-                reload=lambda: _reload(sup, path, log, reload_lock),
+                reload=lambda: _reload(sup, path, log),
                 policy_path=path,
                 log=log.line,
             )
@@ -180,11 +210,11 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
                     if signo == signal.SIGCHLD:
                         await _reap_orphans_when_safe()
                     elif signo == signal.SIGHUP:
-                        nursery.start_soon(_reload_on_hup, sup, path, log, reload_lock)
-                    else:
+                        nursery.start_soon(_reload_on_hup, sup, path, log)
+                    elif not server.stopping:
                         log.line(f"{signal.Signals(signo).name}: stopping every service")
                         server.stopping = True
-                        await sup.stop_all()
+                        nursery.start_soon(sup.stop_all)
 
             nursery.start_soon(handle_signals)
             await sup.done.wait()
@@ -195,6 +225,10 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
             nursery.cancel_scope.cancel()
     if sup.gave_up is not None:
         log.line(str(sup.gave_up), service=sup.gave_up.service)
+        return 1
+    failed = sup.failed()
+    if failed and not server.stopping:
+        log.line(f"every service has ended; failed: {', '.join(failed)}", failed=failed)
         return 1
     log.line("every service is down; exiting")
     return 0
@@ -233,6 +267,14 @@ def run(args: argparse.Namespace) -> int:
         _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1)
     try:
         return trio.run(_main, args.policy, log, control, health)
+    except Exception as exc:  # noqa: BLE001 - the failure model: any internal error ends nsup cleanly
+        # Every service was stopped on the way out (each runner stops its own process).
+        traceback.print_exception(exc, file=sys.stderr)
+        log.line(
+            f"internal error ({type(exc).__name__}); every service was stopped; exiting "
+            f"{EXIT_INTERNAL_ERROR}"
+        )
+        return EXIT_INTERNAL_ERROR
     finally:
         control.close()
         if health is not None:

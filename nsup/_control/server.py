@@ -199,6 +199,7 @@ def status_to_dict(status: ServiceStatus) -> dict[str, Any]:
         "uptime": status.uptime,
         "restarts": status.restarts,
         "ready": status.ready,
+        "error": status.error,
         "last_exit": None
         if last is None
         else {
