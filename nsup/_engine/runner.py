@@ -316,6 +316,8 @@ class Runner:
             with trio.CancelScope(shield=True):
                 await self._teardown()
             self.finished = True
+            if self._crashed:  # announced once its process is gone
+                self._publish("failed", message=self.error)
             self._notify()
 
     def close(self) -> None:
@@ -341,7 +343,8 @@ class Runner:
     def _crash(self, group: BaseExceptionGroup[Exception]) -> None:
         self._crashed = True
         self.traceback = "".join(traceback.format_exception(group))
-        self._fail(_describe(group))
+        self.state = State.FAILED
+        self.error = _describe(group)
 
     def _fail(self, message: str) -> None:
         """Enter the terminal ``failed`` state, saying why."""
