@@ -77,7 +77,7 @@ def main() -> int:
         try:
             while restarts(control) < WARM_UP:
                 if proc.poll() is not None:
-                    print(f"nsup run exited with {proc.returncode}", file=sys.stderr)  # noqa: T201
+                    print(f"nsup run exited with {proc.returncode}", file=sys.stderr)
                     return 1
                 time.sleep(0.2)
             first_n, first_t = restarts(control), time.monotonic()
@@ -86,7 +86,7 @@ def main() -> int:
             while n < args.restarts:
                 time.sleep(1.0)
                 n = restarts(control)
-                print(f"  {n} restarts", file=sys.stderr, flush=True)  # noqa: T201
+                print(f"  {n} restarts", file=sys.stderr, flush=True)
             elapsed = time.monotonic() - first_t
             rss1, fds1 = sample(proc.pid)
             stop_t = time.monotonic()
@@ -110,7 +110,7 @@ def main() -> int:
         if code is not None
         else "SIGTERM: nsup did NOT stop within 30s",
     ]
-    print("\n".join(lines))  # noqa: T201
+    print("\n".join(lines))
     return 0 if code is not None else 1
 
 
