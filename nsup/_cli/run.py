@@ -58,7 +58,8 @@ def register(subparsers: Any) -> None:
         help="supervise a policy in the foreground",
         description="Start the services of POLICY.toml and keep them running by its rules.",
         epilog="signals: TERM/INT stop gracefully and exit 0; HUP reloads the policy.\n"
-        "exit status: 0 clean stop, 1 gave up (restart intensity exceeded), 2 invalid policy.",
+        "exit status: 0 clean stop, 1 gave up (restart intensity exceeded) or every service\n"
+        "ended and some failed, 2 invalid policy, 70 internal error (every service stopped).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("policy", metavar="POLICY.toml")
