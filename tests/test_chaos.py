@@ -22,6 +22,7 @@ import pytest
 import trio
 import trio.lowlevel
 from helpers import read_line
+from test_rootless import NOBODY, SYSTEM_PYTHON, public_path  # noqa: F401 - a fixture
 
 import nsup
 from nsup import _cgroup, _zygote_client
@@ -553,3 +554,49 @@ async def test_an_internal_error_in_nsup_run_stops_everything_and_exits_70(nsup_
     text_lines = " ".join(r.get("message", "") for r in run.records)
     assert "RuntimeError: a bug in a strategy" in text_lines
     assert any("internal error" in r.get("message", "") for r in run.records)
+
+
+ROOTLESS_TREE_KILL = """
+import os, trio, nsup
+
+async def main():
+    spec = nsup.ProcessSpec(argv={argv!r}, namespaces=set(), stdout="pipe")
+    async with nsup.spawn(spec) as proc:
+        assert proc.statistics().pids is None, "this test needs a child without a cgroup"
+        line = b""
+        while not line.endswith(b"\\n"):
+            line += await proc.stdout.receive_some(1)
+        fds = [os.pidfd_open(int(pid)) for pid in line.split()]
+        proc.kill()
+        with trio.fail_after(10):
+            for fd in fds:
+                await trio.lowlevel.wait_readable(fd)
+        print("tree gone:", await proc.wait())
+
+trio.run(main)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid 65534 needs root")
+@pytest.mark.skipif(not os.access(SYSTEM_PYTHON, os.X_OK), reason=f"{SYSTEM_PYTHON} is needed")
+def test_rootless_kill_without_a_cgroup_kills_the_whole_tree(public_path):  # noqa: F811 - the fixture
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": public_path,
+        "NSUP_TEST_MARKER": os.environ["NSUP_TEST_MARKER"],
+        "HOME": "/",
+    }
+    result = subprocess.run(
+        [SYSTEM_PYTHON, "-c", ROOTLESS_TREE_KILL.format(argv=TREE)],
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tree gone: killed by SIGKILL" in result.stdout
