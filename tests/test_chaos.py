@@ -9,7 +9,6 @@ a clear message and exit code.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import random
 import resource
@@ -19,10 +18,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import test_cmd_run as cmd_run
 import trio
 import trio.lowlevel
 from helpers import read_line
-from test_rootless import NOBODY, SYSTEM_PYTHON, public_path  # noqa: F401 - a fixture
+from test_rootless import SYSTEM_PYTHON, public_path, run_as_nobody  # noqa: F401 - a fixture
+from test_supervisor import Recorder as Events
 
 import nsup
 from nsup import _cgroup, _zygote_client
@@ -43,31 +44,6 @@ def policy(services: dict, **supervisor) -> Policy:
 def sleepers(count: int, **extra) -> dict:
     service = {"command": ["sleep", "1000"], "stop": {"timeout": "5s"}, **BARE, **extra}
     return {f"s{i}": dict(service) for i in range(count)}
-
-
-class Events:
-    """A supervisor's events, subscribed before the first; wait for one without sleeping."""
-
-    def __init__(self) -> None:
-        self.events: list[nsup.Event] = []
-        self._changed = trio.Event()
-
-    async def run(self, sup: Supervisor, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        events = sup.events()
-        task_status.started()
-        async for event in events:
-            self.events.append(event)
-            self._changed.set()
-            self._changed = trio.Event()
-
-    def of(self, kind: str, service: str | None = None) -> list:
-        return [e for e in self.events if e.kind == kind and service in (None, e.service)]
-
-    async def wait(self, kind: str, service: str | None = None, count: int = 1) -> list:
-        with trio.fail_after(30):
-            while len(self.of(kind, service)) < count:
-                await self._changed.wait()
-        return self.of(kind, service)
 
 
 async def supervise(nursery: trio.Nursery, pol: Policy, output=None) -> tuple[Supervisor, Events]:
@@ -416,30 +392,10 @@ async def test_an_error_in_the_supervisor_itself_stops_everything_and_is_raised(
 # --- nsup run ---------------------------------------------------------------------
 
 
-class Run:
-    """A real ``nsup run --log-format json``."""
+class Run(cmd_run.Run):
+    """A real ``nsup run --log-format json``, and a bounded wait for its end."""
 
-    def __init__(self, proc: trio.Process, control: Path) -> None:
-        self.proc = proc
-        self.control = control
-        self.records: list[dict] = []
-        self._buffer = b""
-
-    async def next_record(self) -> dict:
-        while b"\n" not in self._buffer:
-            chunk = await self.proc.stderr.receive_some()
-            if not chunk:
-                raise EOFError(f"nsup run ended; records so far: {self.records[-5:]}")
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = {"event": "text", "message": line.decode(errors="replace")}
-        self.records.append(record)
-        return record
-
-    async def wait_for(self, predicate) -> dict:
+    async def wait_until(self, predicate) -> dict:
         with trio.fail_after(60):
             while True:
                 record = await self.next_record()
@@ -448,11 +404,7 @@ class Run:
 
     async def finish(self, bound: float = 30) -> int:
         with trio.fail_after(bound):
-            try:
-                while True:
-                    await self.next_record()
-            except EOFError:
-                pass
+            await self.drain()
             return await self.proc.wait()
 
 
@@ -475,7 +427,7 @@ async def nsup_run(tmp_path):
             stderr=subprocess.PIPE,
             preexec_fn=limit,
         )
-        run = Run(proc, control)
+        run = Run(proc)
         runs.append(run)
         return run
 
@@ -499,12 +451,12 @@ async def test_sigterm_at_random_moments_of_startup_and_reload_exits_0(nsup_run,
     rng = random.Random(10)  # seeded: a failure can be replayed
     for attempt in range(20):
         run = await nsup_run(toml_sleepers(200))
-        await run.wait_for(lambda r: r.get("message", "").startswith("control socket"))
+        await run.wait_until(lambda r: r.get("message", "").startswith("control socket"))
         if attempt % 2:  # during a reload that changes every service
-            await run.wait_for(lambda r: r["event"] == "ready")
+            await run.wait_until(lambda r: r["event"] == "ready")
             (tmp_path / "policy.toml").write_text(toml_sleepers(200, version=2))
             run.proc.send_signal(signal.SIGHUP)
-            await run.wait_for(lambda r: r["event"] == "stopping")
+            await run.wait_until(lambda r: r["event"] == "stopping")
         # The first one as soon as the control socket is there (it used to hang for ever).
         await trio.sleep(rng.uniform(0, 0.4) if attempt else 0)
         run.proc.send_signal(signal.SIGTERM)
@@ -513,10 +465,10 @@ async def test_sigterm_at_random_moments_of_startup_and_reload_exits_0(nsup_run,
 
 async def test_a_deeply_nested_policy_on_sighup_is_refused_and_nsup_runs_on(nsup_run, tmp_path):
     run = await nsup_run(toml_sleepers(1))
-    await run.wait_for(lambda r: r["event"] == "ready")
+    await run.wait_until(lambda r: r["event"] == "ready")
     (tmp_path / "policy.toml").write_text("x = " + "[" * 3000 + "]" * 3000 + "\n")
     run.proc.send_signal(signal.SIGHUP)
-    refused = await run.wait_for(lambda r: "refused" in r.get("message", ""))
+    refused = await run.wait_until(lambda r: "refused" in r.get("message", ""))
     assert "running policy stays" in refused["message"]
     run.proc.send_signal(signal.SIGTERM)
     assert await run.finish() == 0
@@ -528,8 +480,8 @@ async def test_running_out_of_descriptors_is_contained_and_sigterm_still_stops(n
         "init = false\n", 'init = false\nbackoff = { initial = "50ms", max = "200ms" }\n'
     )
     run = await nsup_run("[supervisor]\nmax_restarts = 100000\n" + text, nofile=256)
-    await run.wait_for(lambda r: r["event"] == "spawn_failed")
-    await run.wait_for(lambda r: r["event"] == "restarting")
+    await run.wait_until(lambda r: r["event"] == "spawn_failed")
+    await run.wait_until(lambda r: r["event"] == "restarting")
     assert any(r["event"] == "started" for r in run.records)
     failed = [r for r in run.records if r["event"] == "spawn_failed"]
     assert any("Too many open files" in r["message"] for r in failed), failed[:3]
@@ -581,23 +533,6 @@ trio.run(main)
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid 65534 needs root")
 @pytest.mark.skipif(not os.access(SYSTEM_PYTHON, os.X_OK), reason=f"{SYSTEM_PYTHON} is needed")
 def test_rootless_kill_without_a_cgroup_kills_the_whole_tree(public_path):  # noqa: F811 - the fixture
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": public_path,
-        "NSUP_TEST_MARKER": os.environ["NSUP_TEST_MARKER"],
-        "HOME": "/",
-    }
-    result = subprocess.run(
-        [SYSTEM_PYTHON, "-c", ROOTLESS_TREE_KILL.format(argv=TREE)],
-        user=NOBODY,
-        group=NOBODY,
-        extra_groups=[],
-        env=env,
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_as_nobody(public_path, "-c", ROOTLESS_TREE_KILL.format(argv=TREE))
     assert result.returncode == 0, result.stderr
     assert "tree gone: killed by SIGKILL" in result.stdout

@@ -30,7 +30,10 @@ class Run:
                 raise EOFError(f"nsup run ended; records so far: {self.records}")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except ValueError:  # a traceback after an internal error is plain text
+            record = {"event": "text", "message": line.decode(errors="replace")}
         self.records.append(record)
         return record
 

@@ -47,6 +47,11 @@ def public_path():
 
 
 def as_nobody(public_path: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_as_nobody(public_path, "-m", "nsup", *args)
+
+
+def run_as_nobody(public_path: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the system Python as ``nobody`` with *args*, nsup importable from *public_path*."""
     env = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": public_path,
@@ -54,7 +59,7 @@ def as_nobody(public_path: str, *args: str) -> subprocess.CompletedProcess[str]:
         "HOME": "/",
     }
     return subprocess.run(
-        [SYSTEM_PYTHON, "-m", "nsup", *args],
+        [SYSTEM_PYTHON, *args],
         user=NOBODY,
         group=NOBODY,
         extra_groups=[],
