@@ -24,14 +24,14 @@ Why it looks the way it does:
 - **Events are pushed, never awaited by the supervisor.**  ``events``
   subscribes to the supervisor's event bus (whose publish never blocks); a
   subscriber that falls :data:`EVENT_BACKLOG` events behind is told so and
-  dropped, so a stalled ``nsup events`` cannot grow nsup's memory for ever.
+  dropped (its queue is freed at once), so a stalled ``nsup events`` cannot
+  grow nsup's memory for ever.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import signal
 import socket
@@ -44,13 +44,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .._engine.events import BACKLOG
 from .._errors import NsupError, PolicyError
 from .client import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from .._engine.events import Event
     from .._engine.runner import ServiceStatus
     from .._engine.supervisor import Supervisor
 
@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 MAX_LINE = 64 * 1024  # bytes in one request line
-EVENT_BACKLOG = 10_000  # events a subscriber may fall behind before it is dropped
+EVENT_BACKLOG = BACKLOG  # events a subscriber may fall behind before it is dropped
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -532,24 +532,15 @@ class ControlServer:
 
     # --- the event stream -----------------------------------------------------------
 
-    def _subscribe(self) -> trio.MemoryReceiveChannel[Event]:
-        """Register with the event bus now, before the reply says so (no event is missed)."""
-        bus = self.sup.bus
-        send, receive = trio.open_memory_channel["Event"](math.inf)
-        if bus.closed:
-            send.close()
-        else:
-            bus._subscribers.append(send)  # noqa: SLF001 - see EventBus.subscribe; registration must be synchronous
-        return receive
-
     async def _events(
         self, stream: trio.SocketStream, reader: _LineReader, request_id: object
     ) -> None:
-        receive = self._subscribe()
+        # Registered now, before the reply says so: no event is missed.
+        subscription = self.sup.events()
         reply: dict[str, Any] = {"v": PROTOCOL_VERSION, "ok": True, "subscribed": True}
         if request_id is not None:
             reply["id"] = request_id
-        async with receive, trio.open_nursery() as nursery:
+        async with subscription, trio.open_nursery() as nursery:
 
             async def watch_client() -> None:
                 while await reader.next_line() is not None:
@@ -558,14 +549,9 @@ class ControlServer:
 
             nursery.start_soon(watch_client)
             await self._send(stream, reply)
-            async for event in receive:
-                if receive.statistics().current_buffer_used > EVENT_BACKLOG:
-                    await self._send(
-                        stream,
-                        self._error(
-                            "lagged", f"dropped: this subscriber fell {EVENT_BACKLOG} events behind"
-                        ),
-                    )
+            async for event in subscription:
+                if event.kind == "lagged":
+                    await self._send(stream, self._error("lagged", f"dropped: {event.message}"))
                     break
                 await self._send(stream, {"v": PROTOCOL_VERSION, **event.to_dict()})
             nursery.cancel_scope.cancel()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Literal
 import trio
 
 from .._errors import NsupError
-from .events import Event, EventBus
+from .events import Event, EventBus, Subscription
 from .output import prefix_writer
 from .restart import Input, Intensity, State
 from .runner import Runner, ServiceStatus
@@ -272,8 +272,22 @@ class Supervisor:
                 sent += 1
         return sent
 
-    def events(self) -> AsyncIterator[Event]:
-        """Follow events from now on: starting, started, ready, exited, restarting, gave_up..."""
+    def events(self) -> Subscription:
+        """Follow events from now on: starting, started, ready, exited, restarting, gave_up...
+
+        The subscription is registered when this is called, not when
+        iteration begins.  Use it as an async iterator; ``async with`` (or
+        ``close()``) unsubscribes.  It is bounded: a subscriber that falls
+        :data:`nsup._engine.events.BACKLOG` events behind gets one final
+        ``lagged`` event and the iteration ends.
+
+        Example::
+
+            async with sup.events() as events:
+                await sup.restart("web")
+                async for event in events:
+                    ...
+        """
         return self.bus.subscribe()
 
     async def reload(self, policy: Policy) -> dict[str, list[str]]:

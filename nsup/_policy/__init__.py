@@ -307,8 +307,8 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
         ) from None
     deep = check_text_depth(text)
     if deep is not None:
-        line, key, message = deep
-        raise PolicyError([PolicyIssue(source, key, line, message)])
+        deep_line, deep_key, deep_message = deep
+        raise PolicyError([PolicyIssue(source, deep_key, deep_line, deep_message)])
     try:
         document = tomllib.loads(text)
     except RecursionError:  # pragma: no cover - check_text_depth refuses it first

@@ -56,8 +56,8 @@ def check_text_depth(text: str) -> tuple[int, str, str] | None:
     table = ""
     opened = 0  # where the current top-level value began
     for match in _TOKEN.finditer(text):
-        token = match[0]
-        if token in "[{":
+        found = match[0]
+        if found in "[{":
             if depth == 0:
                 opened = match.start()
             depth += 1
@@ -67,10 +67,10 @@ def check_text_depth(text: str) -> tuple[int, str, str] | None:
                 key = key_match[1].strip() if key_match else ""
                 key = f"{table}.{key}" if table and key else key or table
                 return text.count("\n", 0, opened) + 1, key, _too_deep(key)
-        elif token in "]}":
+        elif found in "]}":
             depth = max(0, depth - 1)
-        elif depth == 0 and token.lstrip().startswith("["):
-            table = token.strip().strip("[]").strip()
+        elif depth == 0 and found.lstrip().startswith("["):
+            table = found.strip().strip("[]").strip()
     return None
 
 

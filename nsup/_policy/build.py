@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from .._clone.namespaces import DEFAULT_NAMESPACES
 from .._errors import PolicyError
+from .bounds import MAX_SERVICES, check_data_depth
 from .lines import line_of
 from .model import PolicyIssue, Service, SupervisorConfig
-from .bounds import MAX_SERVICES, check_data_depth
 from .schema import SERVICE_FIELDS, SUPERVISOR_FIELDS, TOP_LEVEL_KEYS
 from .validate import Invalid, Problem, check_table, did_you_mean, key_join, show
 
@@ -205,9 +205,7 @@ def _check_document(
             )
         )
     elif len(raw_services) > MAX_SERVICES:
-        message = (
-            f"'services' has {len(raw_services)} services; at most {MAX_SERVICES} are allowed"
-        )
+        message = f"'services' has {len(raw_services)} services; at most {MAX_SERVICES} are allowed"
         problems.append(("services", message))
     else:
         for name, raw in raw_services.items():
