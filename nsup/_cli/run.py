@@ -23,7 +23,6 @@ import json
 import os
 import resource
 import signal
-import sys
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -32,7 +31,7 @@ from .._clone import syscalls as _sys
 from .._control.client import resolve_control_path
 from .._control.http import HealthServer, open_health_socket
 from .._control.server import BoundSocket, ControlServer, bind_control_socket
-from .._engine.output import prefix_writer
+from .._engine.output import FdWriter, PrefixView, escape
 from .._engine.supervisor import Supervisor
 from .._errors import PolicyError
 from .._policy import load_policy
@@ -44,6 +43,9 @@ if TYPE_CHECKING:
     from .._engine.events import Event
 
 __all__ = ["register", "run"]
+
+STDERR_WAIT = 2.0  # seconds a line may wait for stderr outside the event loop
+OUTPUT_FLUSH = 1.0  # seconds nsup waits at exit for stdout and stderr to take what is queued
 
 
 def register(subparsers: Any) -> None:
@@ -72,21 +74,43 @@ def register(subparsers: Any) -> None:
 
 
 class _Logger:
+    """nsup's own lines on stderr, through a bounded non-blocking writer (see ``output.py``).
+
+    While trio runs, the writer's task drains it; before and after, each line
+    is written at once, waiting at most :data:`STDERR_WAIT` seconds for a
+    stalled reader.
+    """
+
     def __init__(self, fmt: str) -> None:
         self.fmt = fmt
+        self.err = FdWriter(2)
+        self.err.on_drop = lambda _source, n: self.line(f"dropped {n} of nsup's own lines")
+        self.live = False  # the writer's task runs
+
+    def _put(self, text: str) -> None:
+        self.err.put("nsup", text.encode("utf-8", "replace") + b"\n")
+        if not self.live:
+            self.err.write_now(STDERR_WAIT)
 
     def line(self, message: str, **fields: Any) -> None:
         if self.fmt == "json":
-            record = {"event": "log", "message": message, **fields}
-            print(json.dumps(record), file=sys.stderr, flush=True)  # noqa: T201
+            self._put(json.dumps({"event": "log", "message": message, **fields}))
         else:
-            print(f"nsup: {message}", file=sys.stderr, flush=True)  # noqa: T201
+            self._put(f"nsup: {escape(message)}")
 
     def event(self, event: Event) -> None:
         if self.fmt == "json":
-            print(json.dumps(event.to_dict()), file=sys.stderr, flush=True)  # noqa: T201
+            self._put(json.dumps(event.to_dict()))
         else:
-            print(f"nsup: {event}", file=sys.stderr, flush=True)  # noqa: T201
+            self._put(f"nsup: {escape(str(event))}")
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.live = True
+        try:
+            task_status.started()
+            await self.err.run()
+        finally:
+            self.live = False
 
 
 def _raise_nofile() -> None:
@@ -152,7 +176,11 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
     with trio.open_signal_receiver(*signals) as receiver:
         async with trio.open_nursery() as nursery:
-            sup = Supervisor(policy, nursery, prefix_writer())
+            await nursery.start(log.serve)
+            out = FdWriter(1)
+            out.on_drop = lambda name, n: log.line(f"dropped {n} lines of {name}", service=name)
+            nursery.start_soon(out.run)
+            sup = Supervisor(policy, nursery, PrefixView(out))
             drained = trio.Event()
             nursery.start_soon(_log_events, sup, log, drained)
             log.line(
@@ -191,8 +219,15 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
             with trio.CancelScope(shield=True):
                 await sup.stop_all()  # after a give-up: make sure everything is down
                 with trio.move_on_after(5):
-                    await drained.wait()  # every event line written before we exit
+                    await drained.wait()  # every event line handed to the writer
+                with trio.move_on_after(OUTPUT_FLUSH):
+                    await out.flush()
+                    await log.err.flush()
+            unreported = out.unreported()
+            out.close()
             nursery.cancel_scope.cancel()
+    for name, n in unreported.items():
+        log.line(f"dropped {n} lines of {name}", service=name)
     if sup.gave_up is not None:
         log.line(str(sup.gave_up), service=sup.gave_up.service)
         return 1

@@ -127,6 +127,10 @@ def render_metrics(sup: Supervisor, now: float | None = None) -> str:
            [(label(n), float(s.last_exit.exit_code)) for n, s in statuses.items() if s.last_exit is not None])  # fmt: skip
     family("nsup_service_start_time_seconds", "gauge", "Unix time of the service's last start.",
            [(label(n), s.started_at) for n, s in statuses.items() if s.started_at is not None])  # fmt: skip
+    dropped = sup.writer.dropped if sup.writer is not None else {}
+    family("nsup_service_output_dropped_lines_total", "counter",
+           "Lines of the service's output dropped because nsup's stdout was not read fast enough.",
+           [(label(n), float(dropped.get(n, 0))) for n in statuses])  # fmt: skip
     states = ("down", "starting", "up", "stopping", "restarting", "backoff", "ended")
     family("nsup_service_state", "gauge", "1 for the service's current state.",
            [(label(n, state=st), float(s.state == st)) for n, s in statuses.items() for st in states])  # fmt: skip

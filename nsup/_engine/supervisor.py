@@ -30,7 +30,7 @@ import trio
 
 from .._errors import NsupError
 from .events import Event, EventBus, Subscription
-from .output import prefix_writer
+from .output import PrefixView, output_sink
 from .restart import Input, Intensity, State
 from .runner import Runner, ServiceStatus
 
@@ -78,12 +78,12 @@ class Supervisor:
         self,
         policy: Policy,
         nursery: trio.Nursery,
-        output: Callable[[str, str], None] | None = None,
+        output: Callable[[str, str], None] | PrefixView | None = None,
     ) -> None:
         """Prepare runners for *policy*; nothing starts until :meth:`start_all`."""
         self.policy = policy
         self._nursery = nursery
-        self.output = output or prefix_writer()
+        self.output, self.writer = output_sink(output, nursery)
         self.bus = EventBus()
         self.runtime_dir = _runtime_dir()
         self.runners: dict[str, Runner] = {}
@@ -314,6 +314,13 @@ class Supervisor:
         await self._wait_settled(changed + added)
         return {"changed": changed, "removed": removed, "added": added}
 
+    async def close_output(self) -> None:
+        """Write what output is still queued (for at most OUTPUT_DRAIN seconds), then close it."""
+        if self.writer is not None:
+            with trio.move_on_after(OUTPUT_DRAIN):
+                await self.writer.flush()
+            self.writer.close()
+
     def _forget(self, name: str) -> None:
         runner = self.runners.pop(name)
         self._instances.pop(name)
@@ -356,6 +363,7 @@ async def open_supervisor(
         finally:
             with trio.CancelScope(shield=True):
                 await sup.stop_all()
+                await sup.close_output()
             nursery.cancel_scope.cancel()
     if sup.gave_up is not None:
         raise sup.gave_up
