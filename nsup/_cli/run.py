@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .._cgroup import remove_stale_trees
 from .._clone import syscalls as _sys
 from .._control.client import resolve_control_path
 from .._control.http import HealthServer, open_health_socket
@@ -35,6 +36,7 @@ from .._engine.output import FdWriter, PrefixView, escape
 from .._engine.supervisor import Supervisor
 from .._errors import PolicyError
 from .._policy import load_policy
+from .._rundir import remove_stale_runtime_dirs
 from .._zygote_client import OWNED, hold_zygotes, zygote_pids
 
 if TYPE_CHECKING:
@@ -118,6 +120,16 @@ def _raise_nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _remove_leftovers(log: _Logger) -> None:
+    """Kill and remove what a supervisor killed by SIGKILL left: cgroups, runtime directories."""
+    bases, killed = remove_stale_trees()
+    dirs = remove_stale_runtime_dirs()
+    if bases or dirs:
+        what = [f"cgroups {', '.join(bases)} ({killed} processes killed)"] if bases else []
+        what += [f"runtime directories {', '.join(dirs)}"] if dirs else []
+        log.line(f"removed what a dead nsup left behind: {'; '.join(what)}")
 
 
 def reap_orphans() -> None:
@@ -263,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
             log.line(exc.strerror or str(exc))
             return 2
     _raise_nofile()
+    _remove_leftovers(log)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would auto-reap ours
     if os.getpid() != 1:
         _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1)

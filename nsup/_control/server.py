@@ -14,6 +14,11 @@ Why it looks the way it does:
   refuses to start.  ``bind`` itself fails if a racing nsup got there first.
   The socket is bound under ``umask(0o177)``, so it never exists with a wider
   mode, and on exit it is removed only if it is still ours (same inode).
+- **Bounded clients.**  At most :data:`MAX_CLIENTS` connections are served
+  at once (one more gets a ``busy`` error, written without waiting, and is
+  closed); a connection with no request for :data:`IDLE_TIMEOUT` seconds is
+  closed; a reply or event that a client does not read within
+  :data:`SEND_TIMEOUT` seconds ends that connection.
 - **One task per client, bounded lines.**  A request line over
   :data:`MAX_LINE` bytes gets a ``too_long`` error and the rest of that line is
   read and thrown away, so memory per client stays bounded and the client can
@@ -30,6 +35,7 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -56,15 +62,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVENT_BACKLOG",
+    "IDLE_TIMEOUT",
+    "MAX_CLIENTS",
     "MAX_LINE",
+    "SEND_TIMEOUT",
     "BoundSocket",
     "ControlServer",
     "ControlSocketError",
     "bind_control_socket",
+    "refuse_without_waiting",
     "status_to_dict",
 ]
 
 MAX_LINE = 64 * 1024  # bytes in one request line
+MAX_CLIENTS = 128  # connections served at once; more get a 'busy' error and are closed
+IDLE_TIMEOUT = (
+    60.0  # seconds a connection may wait before its next request (not once it follows events)
+)
+SEND_TIMEOUT = 10.0  # seconds one reply or event may take to reach a client that does not read
 EVENT_BACKLOG = BACKLOG  # events a subscriber may fall behind before it is dropped
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -279,6 +294,13 @@ class _LineReader:
             self._buf += data
 
 
+def refuse_without_waiting(stream: trio.SocketStream, message: bytes) -> None:
+    """Write *message* to a connection nsup will not serve, if it fits at once, and close it."""
+    with contextlib.suppress(OSError):
+        os.write(stream.socket.fileno(), message)  # a non-blocking socket: never waits
+    stream.socket.close()
+
+
 def _peer_uid(sock: trio.socket.SocketType) -> int:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     return int(_UCRED.unpack(raw)[1])
@@ -336,11 +358,15 @@ class ControlServer:
     # --- one client -------------------------------------------------------
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        if self.clients >= MAX_CLIENTS:
+            busy = self._error("busy", f"nsup serves at most {MAX_CLIENTS} clients at once; retry")
+            refuse_without_waiting(stream, json.dumps(busy).encode() + b"\n")
+            return
         self.clients += 1
         try:
             await self._converse(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            pass  # the client went away, or stopped reading
         except Exception as exc:  # noqa: BLE001 - one client's failure must not reach the supervisor
             self._log(f"control: a client's request failed: {exc!r}")
         finally:
@@ -362,9 +388,11 @@ class ControlServer:
             return
         reader = _LineReader(stream, MAX_LINE)
         while True:
-            line = await reader.next_line()
+            line: bytes | _TooLong | None = None
+            with trio.move_on_after(IDLE_TIMEOUT):
+                line = await reader.next_line()
             if line is None:
-                return
+                return  # end of stream, or idle too long
             request_id = None
             try:
                 request = self._decode(line)
@@ -424,7 +452,8 @@ class ControlServer:
 
     @staticmethod
     async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:
-        await stream.send_all(json.dumps(message).encode() + b"\n")
+        with trio.fail_after(SEND_TIMEOUT):
+            await stream.send_all(json.dumps(message).encode() + b"\n")
 
     # --- commands ---------------------------------------------------------------
 

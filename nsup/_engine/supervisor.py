@@ -19,9 +19,7 @@ as soon as the last process is reaped.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Literal
@@ -29,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 import trio
 
 from .._errors import NsupError
+from .._rundir import make_runtime_dir
 from .events import Event, EventBus, Subscription
 from .output import PrefixView, output_sink
 from .restart import Input, Intensity, State
@@ -62,15 +61,6 @@ class GaveUpError(NsupError, RuntimeError):
         )
 
 
-def _runtime_dir() -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR") or (
-        "/run" if os.geteuid() == 0 and os.access("/run", os.W_OK) else None
-    )
-    path = tempfile.mkdtemp(prefix="nsup-", dir=base)
-    os.chmod(path, 0o711)  # noqa: S103 - children of other uids may reach their notify socket, not list it
-    return path
-
-
 class Supervisor:
     """A running policy.  Made by :func:`open_supervisor` (or ``nsup run``)."""
 
@@ -85,7 +75,7 @@ class Supervisor:
         self._nursery = nursery
         self.output, self.writer = output_sink(output, nursery)
         self.bus = EventBus()
-        self.runtime_dir = _runtime_dir()
+        self.runtime_dir = make_runtime_dir()
         self.runners: dict[str, Runner] = {}
         self.order: list[str] = []
         self.intensity = Intensity(policy.supervisor.max_restarts, policy.supervisor.within)
