@@ -311,7 +311,8 @@ def _request(spec: ProcessSpec, targets: list[int], rootfs: str | None) -> dict[
         "gid": -1 if spec.group is None else spec.group,
         "caps": None if spec.capabilities is None else mask_of(spec.capabilities),
         "cap_last": cap_last_cap() if spec.capabilities is not None else 0,
-        "nnp": spec.no_new_privs,
+        "nnp": spec.effective_no_new_privs,
+        "drop_caps": mask_of(spec.dropped_capabilities),
         "join": -1,
         "join_flags": _join_flags(spec),
     }

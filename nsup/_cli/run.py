@@ -146,14 +146,6 @@ async def _reap_orphans_when_safe() -> None:
         reap_orphans()
 
 
-async def _log_events(sup: Supervisor, log: _Logger, drained: trio.Event) -> None:
-    try:
-        async for event in sup.events():  # ends once the supervisor closes its bus
-            log.event(event)
-    finally:
-        drained.set()
-
-
 async def _reload(
     sup: Supervisor, path: str, log: _Logger, lock: trio.Lock
 ) -> dict[str, list[str]]:
@@ -193,8 +185,9 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
             out.on_drop = lambda name, n: log.line(f"dropped {n} lines of {name}", service=name)
             nursery.start_soon(out.run)
             sup = Supervisor(policy, nursery, PrefixView(out))
-            drained = trio.Event()
-            nursery.start_soon(_log_events, sup, log, drained)
+            # A listener, not a subscription: nsup's own log is never dropped for lagging
+            # (log.event only queues the line for the bounded stderr writer).
+            sup.bus.add_listener(log.event)
             log.line(
                 f"running {path}: {len(policy.expanded())} services, pid {os.getpid()}",
                 pid=os.getpid(),
@@ -230,8 +223,6 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
             await sup.done.wait()
             with trio.CancelScope(shield=True):
                 await sup.stop_all()  # after a give-up: make sure everything is down
-                with trio.move_on_after(5):
-                    await drained.wait()  # every event line handed to the writer
                 with trio.move_on_after(OUTPUT_FLUSH):
                     await out.flush()
                     await log.err.flush()

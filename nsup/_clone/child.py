@@ -24,9 +24,11 @@ The steps:
    a remount where the kernel lacks it), a fresh ``/proc`` when there is
    also a new PID namespace, and ``pivot_root`` into the rootfs;
 6. hostname, loopback up, working directory;
-7. rlimits, then supplementary groups, gid and uid, then capabilities
-   (bounding set dropped, the rest kept as permitted, effective,
-   inheritable and ambient), then ``PR_SET_NO_NEW_PRIVS``;
+7. rlimits, then the capabilities the hardening defaults remove
+   (``drop_caps``: from the bounding set and every other set), then
+   supplementary groups, gid and uid, then capabilities (bounding set
+   dropped, the rest kept as permitted, effective, inheritable and ambient),
+   then ``PR_SET_NO_NEW_PRIVS``;
 8. descriptors moved to their target numbers;
 9. exec the command (or become PID 1 and spawn it, see ``init.py``).
 """
@@ -188,6 +190,8 @@ def _credentials(req: dict[str, Any]) -> None:
     for name, number, value in req["rlimits"]:
         _stage(f"setrlimit {name}", resource.setrlimit, number, (value, value))
     uid, gid, caps = req["uid"], req["gid"], req["caps"]
+    if req["drop_caps"]:
+        _drop_caps(req["drop_caps"])
     if caps is not None:
         for cap in range(req["cap_last"] + 1):
             if not caps >> cap & 1:
@@ -199,6 +203,20 @@ def _credentials(req: dict[str, Any]) -> None:
         _keep_caps(caps, req["cap_last"])
     if req["nnp"]:
         _stage("no_new_privs", _sys.prctl, _sys.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _drop_caps(drop: int) -> None:
+    """Remove the capabilities in the mask *drop* from the bounding set and from every other set.
+
+    From every set, so that neither this process (nor the init it becomes)
+    nor anything it execs holds them.
+    """
+    for cap in range(64):
+        if drop >> cap & 1:
+            _stage("drop capabilities", _sys.prctl, _sys.PR_CAPBSET_DROP, cap)
+    effective, permitted, inheritable = _stage("drop capabilities", _sys.capget)
+    keep = ~drop
+    _stage("drop capabilities", _sys.capset, effective & keep, permitted & keep, inheritable & keep)
 
 
 def _switch_ids(uid: int, gid: int) -> None:

@@ -10,6 +10,8 @@ import attrs
 import trio
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._exitstatus import ExitStatus
 
 __all__ = ["BACKLOG", "Event", "EventBus", "EventKind", "Subscription"]
@@ -185,12 +187,19 @@ class EventBus:
     def __init__(self, backlog: int = BACKLOG) -> None:
         """Start with no subscribers."""
         self._subscribers: list[Subscription] = []
+        self._listeners: list[Callable[[Event], None]] = []
         self.backlog = backlog
         self.closed = False
         self.lagged = 0  # subscribers dropped for falling behind
 
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener(event)`` for every event, synchronously; it must not block."""
+        self._listeners.append(listener)
+
     def publish(self, event: Event) -> None:
-        """Hand *event* to every current subscriber."""
+        """Hand *event* to every listener and every current subscriber."""
+        for listener in self._listeners:
+            listener(event)
         for sub in list(self._subscribers):
             if not sub._deliver(event):  # noqa: SLF001
                 self._forget(sub)
