@@ -17,8 +17,10 @@ Why it looks the way it does:
 - **Bounded clients.**  At most :data:`MAX_CLIENTS` connections are served
   at once (one more gets a ``busy`` error, written without waiting, and is
   closed); a connection with no request for :data:`IDLE_TIMEOUT` seconds is
-  closed; a reply or event that a client does not read within
-  :data:`SEND_TIMEOUT` seconds ends that connection.
+  closed; a reply that a client does not read within :data:`SEND_TIMEOUT`
+  seconds ends that connection, and so does an event not read within
+  :data:`EVENTS_SEND_TIMEOUT` (long, so that a paused ``nsup events | less``
+  can resume and read why it was dropped).
 - **One task per client, bounded lines.**  A request line over
   :data:`MAX_LINE` bytes gets a ``too_long`` error and the rest of that line is
   read and thrown away, so memory per client stays bounded and the client can
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
     from .._engine.supervisor import Supervisor
 
 __all__ = [
+    "EVENTS_SEND_TIMEOUT",
     "EVENT_BACKLOG",
     "IDLE_TIMEOUT",
     "MAX_CLIENTS",
@@ -79,7 +82,10 @@ MAX_CLIENTS = 128  # connections served at once; more get a 'busy' error and are
 IDLE_TIMEOUT = (
     60.0  # seconds a connection may wait before its next request (not once it follows events)
 )
-SEND_TIMEOUT = 10.0  # seconds one reply or event may take to reach a client that does not read
+SEND_TIMEOUT = 10.0  # seconds one reply may take to reach a client that does not read
+EVENTS_SEND_TIMEOUT = (
+    300.0  # the same for an event: a paused `nsup events` may resume and see 'lagged'
+)
 EVENT_BACKLOG = BACKLOG  # events a subscriber may fall behind before it is dropped
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -451,8 +457,10 @@ class ControlServer:
         }
 
     @staticmethod
-    async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:
-        with trio.fail_after(SEND_TIMEOUT):
+    async def _send(
+        stream: trio.SocketStream, message: dict[str, Any], limit: float = SEND_TIMEOUT
+    ) -> None:
+        with trio.fail_after(limit):
             await stream.send_all(json.dumps(message).encode() + b"\n")
 
     # --- commands ---------------------------------------------------------------
@@ -580,7 +588,9 @@ class ControlServer:
             await self._send(stream, reply)
             async for event in subscription:
                 if event.kind == "lagged":
-                    await self._send(stream, self._error("lagged", f"dropped: {event.message}"))
+                    lagged = self._error("lagged", f"dropped: {event.message}")
+                    await self._send(stream, lagged, EVENTS_SEND_TIMEOUT)
                     break
-                await self._send(stream, {"v": PROTOCOL_VERSION, **event.to_dict()})
+                event_line = {"v": PROTOCOL_VERSION, **event.to_dict()}
+                await self._send(stream, event_line, EVENTS_SEND_TIMEOUT)
             nursery.cancel_scope.cancel()
