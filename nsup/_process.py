@@ -35,6 +35,7 @@ from ._errors import SpawnError
 from ._exitstatus import ExitStatus
 from ._limits import RLIMITS
 from ._spawn_errors import spawn_error
+from ._spec import ROOT_ID_MAP
 from ._zygote_client import OWNED, get_zygote
 
 if TYPE_CHECKING:
@@ -276,8 +277,8 @@ def _stdio_fds(spec: ProcessSpec, stack: ExitStack) -> tuple[list[int], list[tup
     return child, ours
 
 
-def _id_map_text(rows: tuple[tuple[int, int, int], ...] | None, default: int) -> str:
-    rows = rows or ((0, default, 1),)
+def _id_map_text(rows: tuple[tuple[int, int, int], ...] | None, default: int, *, root: bool) -> str:
+    rows = rows or (ROOT_ID_MAP if root else ((0, default, 1),))
     return "".join(f"{inside} {outside} {count}\n" for inside, outside, count in rows)
 
 
@@ -300,8 +301,9 @@ def _request(spec: ProcessSpec, targets: list[int], rootfs: str | None) -> dict[
         "setsid": spec.new_session,
         "mounts": mounts,
         "fd_targets": targets,
-        "uid_map": _id_map_text(spec.uid_map, os.getuid()),
-        "gid_map": _id_map_text(spec.gid_map, os.getgid()),
+        "uid_map": _id_map_text(spec.uid_map, os.getuid(), root=spec.maps_root_unprivileged),
+        "gid_map": _id_map_text(spec.gid_map, os.getgid(), root=spec.maps_root_unprivileged),
+        "ns_root": spec.maps_root_unprivileged,
         "setgroups_deny": os.geteuid() != 0,
         "cgroup": -1,
         "cgroup_join": [],

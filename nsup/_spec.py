@@ -8,6 +8,7 @@ is cloned.
 from __future__ import annotations
 
 import math
+import os
 import resource
 import signal
 from collections.abc import Iterable, Mapping
@@ -24,7 +25,12 @@ if TYPE_CHECKING:
 from ._clone.namespaces import DEFAULT_NAMESPACES, check_namespaces
 from ._limits import RLIMITS, Limits
 
-__all__ = ["HARDENING_DROPS", "IdMap", "ProcessSpec", "StdioMode"]
+__all__ = ["HARDENING_DROPS", "ROOT_ID_MAP", "IdMap", "ProcessSpec", "StdioMode"]
+
+#: The default uid and gid map of a ``user`` namespace made by root: 0-65535 inside are
+#: 524288-589823 outside, ids no host user has (systemd-nspawn's private-users range starts
+#: there), so root inside is nobody special on the host.
+ROOT_ID_MAP = ((0, 0x80000, 65536),)
 
 #: What a hardened spec (rootfs or read-only mounts) loses unless it lists ``capabilities``.
 HARDENING_DROPS = frozenset({"CAP_SYS_ADMIN"})
@@ -226,7 +232,10 @@ class ProcessSpec:
             supervisor dies, so nothing escapes either way.  ``False`` execs
             the command directly (it is PID 1 of a new ``pid`` namespace).
         uid_map, gid_map: ``(inside, outside, count)`` rows for a ``user``
-            namespace; default maps the caller's uid/gid to 0.
+            namespace.  Default: for root, :data:`ROOT_ID_MAP` (0-65535 inside
+            are the unprivileged 524288-589823 outside, and the child becomes
+            that root before its mounts); for anyone else, the caller's uid/gid
+            is 0 inside.
         stdin, stdout, stderr: ``"inherit"`` (default), ``"null"``, ``"pipe"``
             (then ``Process.stdin``/``stdout``/``stderr`` are trio streams), or
             a file descriptor to pass.
@@ -322,6 +331,16 @@ class ProcessSpec:
     def hardened(self) -> bool:
         """True when the spec asks for read-only mounts or a rootfs, which it must not undo."""
         return self.rootfs is not None or any(m.readonly for m in self.mounts)
+
+    @property
+    def maps_root_unprivileged(self) -> bool:
+        """True when root makes the ``user`` namespace with the default, unprivileged map."""
+        return (
+            "user" in self.namespaces
+            and self.uid_map is None
+            and self.gid_map is None
+            and os.getuid() == 0
+        )
 
     @property
     def effective_no_new_privs(self) -> bool:

@@ -213,3 +213,33 @@ def test_a_live_supervisor_beside_is_never_touched(tmp_path):
         assert first.status()["daemon"]["state"] == "up"
     finally:
         first.stop()
+
+
+# --- user namespaces made by root --------------------------------------------------------
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.split(":", 1) for line in f)
+
+
+@pytest.mark.parametrize("init", [True, False])
+async def test_root_in_a_user_namespace_is_unprivileged_on_the_host(init):
+    spec = nsup.ProcessSpec(argv=["sleep", "1000"], namespaces={"user", "pid", "mount"}, init=init)
+    async with nsup.spawn(spec) as proc:
+        fields = proc_status(proc.pid)
+        proc.kill()
+        await proc.wait()
+    assert fields["Uid"].split() == ["524288"] * 4
+    assert fields["Gid"].split() == ["524288"] * 4
+
+
+async def test_root_keeps_its_own_map_when_told():
+    spec = nsup.ProcessSpec(
+        argv=["sleep", "1000"], namespaces={"user"}, uid_map=[(0, 0, 1)], gid_map=[(0, 0, 1)]
+    )
+    async with nsup.spawn(spec) as proc:
+        fields = proc_status(proc.pid)
+        proc.kill()
+        await proc.wait()
+    assert fields["Uid"].split() == ["0"] * 4

@@ -16,7 +16,9 @@ The steps:
 2. join the cgroup v1 hierarchies (write ``0`` to each ``cgroup.procs``
    descriptor the supervisor opened); cgroup v2 placement already happened
    at clone (``CLONE_INTO_CGROUP``);
-3. with a user namespace, wait until the zygote has written the uid/gid maps;
+3. with a user namespace, wait until the zygote has written the uid/gid maps
+   (and, when root made it with the default map, become the namespace's root,
+   an unprivileged id on the host);
 4. a new session, if asked for;
 5. with a mount namespace: propagation made private, then, with a rootfs,
    the rootfs bound onto itself and a minimal ``/dev`` in it; the requested
@@ -285,6 +287,10 @@ def _setup(req: dict[str, Any], fds: list[int], supervisor_pidfd: int, sync_fd: 
         if os.read(sync_fd, 1) != b"1":
             os._exit(1)  # the zygote could not write the maps; it reports why
         os.close(sync_fd)
+        if req["ns_root"]:
+            # Root mapped 0 inside to an unprivileged id outside: become that 0 now, before
+            # any mount, so that what the child does is done as that id, not as the host's root.
+            _switch_ids(0, 0)
     if req["setsid"]:
         os.setsid()
     if flags & CLONE_FLAGS["mount"]:
