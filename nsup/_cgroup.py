@@ -252,12 +252,12 @@ def _dead_bases(own: str) -> list[str]:
 
 def _kill_members(path: str) -> int:
     """SIGKILL every process in the cgroup at *path*; return how many there were."""
-    with contextlib.suppress(OSError):
-        _write(os.path.join(path, "cgroup.kill"), "1")  # v2, Linux 5.14+
     try:
         pids = [int(p) for p in _read(os.path.join(path, "cgroup.procs")).split()]
     except OSError:
         return 0
+    with contextlib.suppress(OSError):
+        _write(os.path.join(path, "cgroup.kill"), "1")  # v2, Linux 5.14+
 
     def still_member(pid: int) -> bool:
         try:
