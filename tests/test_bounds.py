@@ -273,6 +273,7 @@ def test_a_stalled_events_client_is_dropped_and_memory_stays_bounded(tmp_path):
         last = json.loads(received.splitlines()[-1])
         assert last["ok"] is False
         assert last["error"]["code"] == "lagged"
+        print(f"\nstalled subscriber: RSS {before} -> {after} KiB")  # noqa: T201
         assert after - before < SUBSCRIBER_RSS_BOUND_KIB, (before, after)
         assert run.request("ping")["ok"]
     finally:
@@ -313,6 +314,7 @@ def test_idle_and_non_reading_http_clients_cost_a_bounded_amount(tmp_path):
             clients.append(sock)
         assert run.request("ping")["ok"]  # a round trip: nsup has seen them all by now
         after = rss_kib(run.proc.pid)
+        print(f"\n500 idle + 200 non-reading HTTP clients: RSS {before} -> {after} KiB")  # noqa: T201
         assert after - before < HTTP_RSS_BOUND_KIB, (before, after)
     finally:
         for sock in clients:
