@@ -31,8 +31,9 @@ Some facts about cgroups that shape this module
   removed once its process is reaped, after killing whatever escaped into it
   (``cgroup.kill`` on v2 where present, else SIGKILL through a pidfd to each
   pid in ``cgroup.procs``, checked to still be a member after the pidfd is
-  opened).  Stale ``nsup-<pid>`` directories of dead supervisors are removed
-  when the next one starts.
+  opened).  ``nsup-<pid>`` directories of dead supervisors are removed when
+  the next one makes its own (empty ones), and ``nsup run`` first kills what
+  is still inside them (:func:`remove_stale_trees`).
 * The kernel gives no event when a v1 cgroup empties, so emptying is the one
   place that polls, with a deadline.
 * v2's "no internal processes" rule: a non-root cgroup with processes in it
@@ -49,6 +50,7 @@ import functools
 import itertools
 import os
 import signal
+import time
 import warnings
 from typing import TYPE_CHECKING
 
@@ -72,11 +74,13 @@ __all__ = [
     "get_layout",
     "needed_controllers",
     "parse_layout",
+    "remove_stale_trees",
 ]
 
 CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
 _EMPTY_DEADLINE = 10.0
+STALE_DEADLINE = 2.0  # seconds nsup run waits at start for a dead supervisor's processes to go
 
 
 @attrs.frozen
@@ -225,19 +229,82 @@ def _keyed(path: str) -> dict[str, int]:
 
 def _remove_stale(own: str) -> None:
     """Remove ``nsup-<pid>`` trees left by supervisors that died (empty ones only)."""
-    try:
-        names = os.listdir(own)
-    except OSError:
-        return
-    for name in names:
-        if not name.startswith("nsup-") or not name[5:].isdigit():
-            continue
-        if os.path.exists(f"/proc/{name[5:]}"):
-            continue
-        base = os.path.join(own, name)
+    for base in _dead_bases(own):
         for child in _subdirs(base):
             _rmdir_quiet(child)
         _rmdir_quiet(base)
+
+
+def _dead_bases(own: str) -> list[str]:
+    """Return the ``nsup-<pid>`` directories in *own* whose supervisor is gone."""
+    try:
+        names = os.listdir(own)
+    except OSError:
+        return []
+    return [
+        os.path.join(own, name)
+        for name in names
+        if name.startswith("nsup-")
+        and name[5:].isdigit()
+        and not os.path.exists(f"/proc/{name[5:]}")
+    ]
+
+
+def _kill_members(path: str) -> int:
+    """SIGKILL every process in the cgroup at *path*; return how many there were."""
+    try:
+        pids = [int(p) for p in _read(os.path.join(path, "cgroup.procs")).split()]
+    except OSError:
+        return 0
+    with contextlib.suppress(OSError):
+        _write(os.path.join(path, "cgroup.kill"), "1")  # v2, Linux 5.14+
+
+    def still_member(pid: int) -> bool:
+        try:
+            return str(pid) in _read(os.path.join(path, "cgroup.procs")).split()
+        except OSError:
+            return False
+
+    for pid in pids:
+        _sys.signal_pid(pid, signal.SIGKILL, functools.partial(still_member, pid))
+    return len(pids)
+
+
+def remove_stale_trees(deadline: float = STALE_DEADLINE) -> tuple[list[str], int]:
+    """Kill what dead supervisors left in their cgroups and remove those cgroups.
+
+    Called by ``nsup run`` before it starts anything (not on the event loop:
+    it polls, with *deadline* seconds at most, until the killed processes have
+    left).  Only ``nsup-<pid>`` trees whose pid no longer exists are touched,
+    so supervisors running beside this one keep theirs.
+
+    Returns:
+        The base directories removed, and how many processes were killed.
+
+    """
+    try:
+        layout = get_layout()
+    except OSError:
+        return [], 0
+    owns = {h.own for h in [layout.v2, *layout.v1.values()] if h is not None}
+    bases = [base for own in sorted(owns) for base in _dead_bases(own)]
+    killed = 0
+    for base in bases:
+        for child in _subdirs(base):
+            killed += _kill_members(child)
+    end = time.monotonic() + deadline
+    removed = []
+    for base in bases:
+        while True:
+            for child in _subdirs(base):
+                _rmdir_quiet(child)
+            _rmdir_quiet(base)
+            if not os.path.exists(base) or time.monotonic() > end:
+                break
+            time.sleep(0.01)  # no event for "this cgroup is empty" on v1; bounded by the deadline
+        if not os.path.exists(base):
+            removed.append(base)
+    return removed, killed
 
 
 def _subdirs(path: str) -> list[str]:

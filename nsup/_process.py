@@ -36,6 +36,7 @@ from ._errors import SpawnError
 from ._exitstatus import ExitStatus
 from ._limits import RLIMITS
 from ._spawn_errors import spawn_error
+from ._spec import ROOT_ID_MAP
 from ._zygote_client import OWNED
 from ._zygote_client import clone as _clone_child
 
@@ -315,8 +316,8 @@ def _stdio_fds(spec: ProcessSpec, stack: ExitStack) -> tuple[list[int], list[tup
     return child, ours
 
 
-def _id_map_text(rows: tuple[tuple[int, int, int], ...] | None, default: int) -> str:
-    rows = rows or ((0, default, 1),)
+def _id_map_text(rows: tuple[tuple[int, int, int], ...] | None, default: int, *, root: bool) -> str:
+    rows = rows or (ROOT_ID_MAP if root else ((0, default, 1),))
     return "".join(f"{inside} {outside} {count}\n" for inside, outside, count in rows)
 
 
@@ -339,8 +340,9 @@ def _request(spec: ProcessSpec, targets: list[int], rootfs: str | None) -> dict[
         "setsid": spec.new_session,
         "mounts": mounts,
         "fd_targets": targets,
-        "uid_map": _id_map_text(spec.uid_map, os.getuid()),
-        "gid_map": _id_map_text(spec.gid_map, os.getgid()),
+        "uid_map": _id_map_text(spec.uid_map, os.getuid(), root=spec.maps_root_unprivileged),
+        "gid_map": _id_map_text(spec.gid_map, os.getgid(), root=spec.maps_root_unprivileged),
+        "ns_root": spec.maps_root_unprivileged,
         "setgroups_deny": os.geteuid() != 0,
         "cgroup": -1,
         "cgroup_join": [],
@@ -350,7 +352,8 @@ def _request(spec: ProcessSpec, targets: list[int], rootfs: str | None) -> dict[
         "gid": -1 if spec.group is None else spec.group,
         "caps": None if spec.capabilities is None else mask_of(spec.capabilities),
         "cap_last": cap_last_cap() if spec.capabilities is not None else 0,
-        "nnp": spec.no_new_privs,
+        "nnp": spec.effective_no_new_privs,
+        "drop_caps": mask_of(spec.dropped_capabilities),
         "join": -1,
         "join_flags": _join_flags(spec),
     }

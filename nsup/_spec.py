@@ -8,6 +8,7 @@ is cloned.
 from __future__ import annotations
 
 import math
+import os
 import resource
 import signal
 from collections.abc import Iterable, Mapping
@@ -24,7 +25,15 @@ if TYPE_CHECKING:
 from ._clone.namespaces import DEFAULT_NAMESPACES, check_namespaces
 from ._limits import RLIMITS, Limits
 
-__all__ = ["IdMap", "ProcessSpec", "StdioMode"]
+__all__ = ["HARDENING_DROPS", "ROOT_ID_MAP", "IdMap", "ProcessSpec", "StdioMode"]
+
+#: The default uid and gid map of a ``user`` namespace made by root: 0-65535 inside are
+#: 524288-589823 outside, ids no host user has (systemd-nspawn's private-users range starts
+#: there), so root inside is nobody special on the host.
+ROOT_ID_MAP = ((0, 0x80000, 65536),)
+
+#: What a hardened spec (rootfs or read-only mounts) loses unless it lists ``capabilities``.
+HARDENING_DROPS = frozenset({"CAP_SYS_ADMIN"})
 
 StdioMode = Literal["inherit", "null", "pipe"] | int
 IdMap = tuple[tuple[int, int, int], ...]
@@ -223,7 +232,10 @@ class ProcessSpec:
             supervisor dies, so nothing escapes either way.  ``False`` execs
             the command directly (it is PID 1 of a new ``pid`` namespace).
         uid_map, gid_map: ``(inside, outside, count)`` rows for a ``user``
-            namespace; default maps the caller's uid/gid to 0.
+            namespace.  Default: for root, :data:`ROOT_ID_MAP` (0-65535 inside
+            are the unprivileged 524288-589823 outside, and the child becomes
+            that root before its mounts); for anyone else, the caller's uid/gid
+            is 0 inside.
         stdin, stdout, stderr: ``"inherit"`` (default), ``"null"``, ``"pipe"``
             (then ``Process.stdin``/``stdout``/``stderr`` are trio streams), or
             a file descriptor to pass.
@@ -246,9 +258,13 @@ class ProcessSpec:
             needs ``mount``.  Mount targets are then paths inside it.
         no_new_privs: set ``PR_SET_NO_NEW_PRIVS``: exec never grants
             privileges (setuid bits and file capabilities are ignored).
+            ``None`` (default): set it when the spec is *hardened* (a
+            ``rootfs`` or a read-only mount), else not.
         capabilities: keep only these capabilities (``"CAP_NET_BIND_SERVICE"``
             or ``"net_bind_service"``), in the bounding, permitted, effective,
-            inheritable and ambient sets; ``None`` (default) leaves them alone.
+            inheritable and ambient sets; ``None`` (default) leaves them
+            alone, except that a hardened spec loses ``CAP_SYS_ADMIN`` (so it
+            cannot remount what was made read-only); list it to keep it.
         user, group: numeric uid and gid to run as inside, set after mounts
             and before exec (supplementary groups are cleared).
 
@@ -275,7 +291,7 @@ class ProcessSpec:
     stop_timeout: float = attrs.field(default=5.0, validator=_positive)
     limits: Limits = attrs.field(factory=Limits, converter=_limits)
     rootfs: str | None = attrs.field(default=None, converter=_rootfs)
-    no_new_privs: bool = False
+    no_new_privs: bool | None = None
     capabilities: frozenset[str] | None = attrs.field(default=None, converter=_capabilities)
     user: int | None = attrs.field(default=None, converter=_id)
     group: int | None = attrs.field(default=None, converter=_id)
@@ -310,6 +326,33 @@ class ProcessSpec:
                     f"mount target {mount.target!r} has a '..' component, which could lead "
                     f"outside {where}; write the path without '..'"
                 )
+
+    @property
+    def hardened(self) -> bool:
+        """True when the spec asks for read-only mounts or a rootfs, which it must not undo."""
+        return self.rootfs is not None or any(m.readonly for m in self.mounts)
+
+    @property
+    def maps_root_unprivileged(self) -> bool:
+        """True when root makes the ``user`` namespace with the default, unprivileged map."""
+        return (
+            "user" in self.namespaces
+            and self.uid_map is None
+            and self.gid_map is None
+            and os.getuid() == 0
+        )
+
+    @property
+    def effective_no_new_privs(self) -> bool:
+        """Whether ``PR_SET_NO_NEW_PRIVS`` is set: as asked, else when :attr:`hardened`."""
+        return self.hardened if self.no_new_privs is None else self.no_new_privs
+
+    @property
+    def dropped_capabilities(self) -> frozenset[str]:
+        """Capabilities removed by the hardening default: ``CAP_SYS_ADMIN`` unless ``capabilities`` is given."""
+        if self.hardened and self.capabilities is None:
+            return HARDENING_DROPS
+        return frozenset()
 
     @property
     def has_init(self) -> bool:

@@ -128,7 +128,9 @@ class Zygote:
                     try:
                         await self._sock.sendmsg([payload], ancillary)
                         msg, anc, flags, _addr = await self._sock.recvmsg(
-                            4096, socket.CMSG_SPACE(array.array("i").itemsize)
+                            4096,
+                            socket.CMSG_SPACE(array.array("i").itemsize),
+                            socket.MSG_CMSG_CLOEXEC,  # the pidfd must never leak into a child
                         )
                     except OSError as exc:
                         self.broken = True

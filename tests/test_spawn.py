@@ -99,11 +99,19 @@ async def test_loopback_is_up_in_a_new_network_namespace():
 
 
 async def test_user_namespace_maps_caller_to_root():
-    status, out = await run(["sh", "-c", "id -u; cat /proc/self/uid_map"], namespaces=["user"])
+    """Rootless: the caller is root inside.  As root (issue 11): root inside is an unprivileged id."""
+    status, out = await run(
+        ["sh", "-c", "id -u; cat /proc/self/uid_map; cat /proc/self/status"], namespaces=["user"]
+    )
     assert status.success
-    uid, mapping = out.split("\n", 1)
+    uid, mapping, *status_lines = out.split("\n")
     assert uid == "0"
-    assert mapping.split() == ["0", str(os.getuid()), "1"]
+    if os.getuid() == 0:
+        assert mapping.split() == ["0", "524288", "65536"]
+        # The kernel shows our ids in our own namespace, where root is 524288.
+        assert "Uid:\t0\t0\t0\t0" in status_lines
+    else:
+        assert mapping.split() == ["0", str(os.getuid()), "1"]
 
 
 async def test_user_namespace_with_explicit_maps():

@@ -177,7 +177,7 @@ def build_spec(args: argparse.Namespace) -> ProcessSpec:
         mounts=mounts,
         limits=_limits(args),
         rootfs=None if args.rootfs is None else os.path.abspath(args.rootfs),
-        no_new_privs=args.no_new_privs,
+        no_new_privs=args.no_new_privs or None,  # unset: the hardening default decides
         capabilities=capabilities,
         user=_number("--user", args.user),
         group=_number("--group", args.group),

@@ -32,14 +32,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .._cgroup import remove_stale_trees
 from .._clone import syscalls as _sys
 from .._control.client import resolve_control_path
 from .._control.http import HealthServer, open_health_socket
 from .._control.server import BoundSocket, ControlServer, bind_control_socket
-from .._engine.output import prefix_writer
+from .._engine.output import FdWriter, PrefixView, escape
 from .._engine.supervisor import Supervisor
 from .._errors import PolicyError
 from .._policy import load_policy
+from .._rundir import remove_stale_runtime_dirs
 from .._zygote_client import OWNED, hold_zygotes, zygote_pids
 
 if TYPE_CHECKING:
@@ -49,6 +51,9 @@ if TYPE_CHECKING:
     from .._policy import Policy
 
 __all__ = ["register", "run"]
+
+STDERR_WAIT = 2.0  # seconds a line may wait for stderr outside the event loop
+OUTPUT_FLUSH = 1.0  # seconds nsup waits at exit for stdout and stderr to take what is queued
 
 
 def register(subparsers: Any) -> None:
@@ -78,21 +83,43 @@ def register(subparsers: Any) -> None:
 
 
 class _Logger:
+    """nsup's own lines on stderr, through a bounded non-blocking writer (see ``output.py``).
+
+    While trio runs, the writer's task drains it; before and after, each line
+    is written at once, waiting at most :data:`STDERR_WAIT` seconds for a
+    stalled reader.
+    """
+
     def __init__(self, fmt: str) -> None:
         self.fmt = fmt
+        self.err = FdWriter(2)
+        self.err.on_drop = lambda _source, n: self.line(f"dropped {n} of nsup's own lines")
+        self.live = False  # the writer's task runs
+
+    def _put(self, text: str) -> None:
+        self.err.put("nsup", text.encode("utf-8", "replace") + b"\n")
+        if not self.live:
+            self.err.write_now(STDERR_WAIT)
 
     def line(self, message: str, **fields: Any) -> None:
         if self.fmt == "json":
-            record = {"event": "log", "message": message, **fields}
-            print(json.dumps(record), file=sys.stderr, flush=True)  # noqa: T201
+            self._put(json.dumps({"event": "log", "message": message, **fields}))
         else:
-            print(f"nsup: {message}", file=sys.stderr, flush=True)  # noqa: T201
+            self._put(f"nsup: {escape(message)}")
 
     def event(self, event: Event) -> None:
         if self.fmt == "json":
-            print(json.dumps(event.to_dict()), file=sys.stderr, flush=True)  # noqa: T201
+            self._put(json.dumps(event.to_dict()))
         else:
-            print(f"nsup: {event}", file=sys.stderr, flush=True)  # noqa: T201
+            self._put(f"nsup: {escape(str(event))}")
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.live = True
+        try:
+            task_status.started()
+            await self.err.run()
+        finally:
+            self.live = False
 
 
 def _raise_nofile() -> None:
@@ -103,6 +130,16 @@ def _raise_nofile() -> None:
 
 
 EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE, as sysexits.h
+
+
+def _remove_leftovers(log: _Logger) -> None:
+    """Kill and remove what a supervisor killed by SIGKILL left: cgroups, runtime directories."""
+    bases, killed = remove_stale_trees()
+    dirs = remove_stale_runtime_dirs()
+    if bases or dirs:
+        what = [f"cgroups {', '.join(bases)} ({killed} processes killed)"] if bases else []
+        what += [f"runtime directories {', '.join(dirs)}"] if dirs else []
+        log.line(f"removed what a dead nsup left behind: {'; '.join(what)}")
 
 
 def reap_orphans() -> None:
@@ -124,14 +161,6 @@ def reap_orphans() -> None:
 async def _reap_orphans_when_safe() -> None:
     async with hold_zygotes():  # no clone in flight while we look
         reap_orphans()
-
-
-async def _log_events(sup: Supervisor, log: _Logger, drained: trio.Event) -> None:
-    try:
-        async for event in sup.events():  # ends once the supervisor closes its bus
-            log.event(event)
-    finally:
-        drained.set()
 
 
 def _load_for_reload(path: str) -> Policy:
@@ -183,9 +212,14 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
     with trio.open_signal_receiver(*signals) as receiver:
         async with trio.open_nursery() as nursery:
-            sup = Supervisor(policy, nursery, prefix_writer())
-            drained = trio.Event()
-            nursery.start_soon(_log_events, sup, log, drained)
+            await nursery.start(log.serve)
+            out = FdWriter(1)
+            out.on_drop = lambda name, n: log.line(f"dropped {n} lines of {name}", service=name)
+            nursery.start_soon(out.run)
+            sup = Supervisor(policy, nursery, PrefixView(out))
+            # A listener, not a subscription: nsup's own log is never dropped for lagging
+            # (log.event only queues the line for the bounded stderr writer).
+            sup.bus.add_listener(log.event)
             log.line(
                 f"running {path}: {len(policy.expanded())} services, pid {os.getpid()}",
                 pid=os.getpid(),
@@ -221,9 +255,14 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
             await sup.done.wait()
             with trio.CancelScope(shield=True):
                 await sup.stop_all()  # after a give-up: make sure everything is down
-                with trio.move_on_after(5):
-                    await drained.wait()  # every event line written before we exit
+                with trio.move_on_after(OUTPUT_FLUSH):
+                    await out.flush()
+                    await log.err.flush()
+            unreported = out.unreported()
+            out.close()
             nursery.cancel_scope.cancel()
+    for name, n in unreported.items():
+        log.line(f"dropped {n} lines of {name}", service=name)
     if sup.gave_up is not None:
         log.line(str(sup.gave_up), service=sup.gave_up.service)
         return 1
@@ -263,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
             log.line(exc.strerror or str(exc))
             return 2
     _raise_nofile()
+    _remove_leftovers(log)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would auto-reap ours
     if os.getpid() != 1:
         _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1)

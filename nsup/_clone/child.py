@@ -16,7 +16,9 @@ The steps:
 2. join the cgroup v1 hierarchies (write ``0`` to each ``cgroup.procs``
    descriptor the supervisor opened); cgroup v2 placement already happened
    at clone (``CLONE_INTO_CGROUP``);
-3. with a user namespace, wait until the zygote has written the uid/gid maps;
+3. with a user namespace, wait until the zygote has written the uid/gid maps
+   (and, when root made it with the default map, become the namespace's root,
+   an unprivileged id on the host);
 4. a new session, if asked for;
 5. with a mount namespace: propagation made private, then, with a rootfs,
    the rootfs bound onto itself and a minimal ``/dev`` in it; the requested
@@ -24,9 +26,11 @@ The steps:
    a remount where the kernel lacks it), a fresh ``/proc`` when there is
    also a new PID namespace, and ``pivot_root`` into the rootfs;
 6. hostname, loopback up, working directory;
-7. rlimits, then supplementary groups, gid and uid, then capabilities
-   (bounding set dropped, the rest kept as permitted, effective,
-   inheritable and ambient), then ``PR_SET_NO_NEW_PRIVS``;
+7. rlimits, then the capabilities the hardening defaults remove
+   (``drop_caps``: from the bounding set and every other set), then
+   supplementary groups, gid and uid, then capabilities (bounding set
+   dropped, the rest kept as permitted, effective, inheritable and ambient),
+   then ``PR_SET_NO_NEW_PRIVS``;
 8. descriptors moved to their target numbers;
 9. exec the command (or become PID 1 and spawn it, see ``init.py``).
 """
@@ -188,6 +192,8 @@ def _credentials(req: dict[str, Any]) -> None:
     for name, number, value in req["rlimits"]:
         _stage(f"setrlimit {name}", resource.setrlimit, number, (value, value))
     uid, gid, caps = req["uid"], req["gid"], req["caps"]
+    if req["drop_caps"]:
+        _drop_caps(req["drop_caps"])
     if caps is not None:
         for cap in range(req["cap_last"] + 1):
             if not caps >> cap & 1:
@@ -199,6 +205,20 @@ def _credentials(req: dict[str, Any]) -> None:
         _keep_caps(caps, req["cap_last"])
     if req["nnp"]:
         _stage("no_new_privs", _sys.prctl, _sys.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _drop_caps(drop: int) -> None:
+    """Remove the capabilities in the mask *drop* from the bounding set and from every other set.
+
+    From every set, so that neither this process (nor the init it becomes)
+    nor anything it execs holds them.
+    """
+    for cap in range(64):
+        if drop >> cap & 1:
+            _stage("drop capabilities", _sys.prctl, _sys.PR_CAPBSET_DROP, cap)
+    effective, permitted, inheritable = _stage("drop capabilities", _sys.capget)
+    keep = ~drop
+    _stage("drop capabilities", _sys.capset, effective & keep, permitted & keep, inheritable & keep)
 
 
 def _switch_ids(uid: int, gid: int) -> None:
@@ -267,6 +287,10 @@ def _setup(req: dict[str, Any], fds: list[int], supervisor_pidfd: int, sync_fd: 
         if os.read(sync_fd, 1) != b"1":
             os._exit(1)  # the zygote could not write the maps; it reports why
         os.close(sync_fd)
+        if req["ns_root"]:
+            # Root mapped 0 inside to an unprivileged id outside: become that 0 now, before
+            # any mount, so that what the child does is done as that id, not as the host's root.
+            _switch_ids(0, 0)
     if req["setsid"]:
         os.setsid()
     if flags & CLONE_FLAGS["mount"]:

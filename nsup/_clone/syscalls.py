@@ -50,6 +50,7 @@ __all__ = [
     "PR_SET_NO_NEW_PRIVS",
     "PR_SET_PDEATHSIG",
     "WALL",
+    "capget",
     "capset",
     "children",
     "clone3",
@@ -360,6 +361,18 @@ def mount_setattr(path: str, attr_set: int, *, recursive: bool = True) -> None:
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )
     _check(result, f"mount_setattr({path!r}, attr_set={attr_set:#x}, flags={flags:#x})")
+
+
+def capget() -> tuple[int, int, int]:
+    """``capget(2)`` for the calling thread: ``(effective, permitted, inheritable)`` 64-bit masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_get_libc().capget(ctypes.byref(header), data), "capget")
+    return (
+        data[0].effective | data[1].effective << 32,
+        data[0].permitted | data[1].permitted << 32,
+        data[0].inheritable | data[1].inheritable << 32,
+    )
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:

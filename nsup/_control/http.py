@@ -3,9 +3,14 @@
 A deliberately tiny HTTP/1.1 server on trio, in the supervisor's own event
 loop (no threads): GET and HEAD only, one request per connection
 (``Connection: close``), a request head of at most :data:`MAX_HEAD` bytes that
-must arrive within :data:`HEAD_TIMEOUT` seconds.  That is all a Kubernetes
-probe or a Prometheus scrape needs, and it leaves nothing for a slow or
-hostile client to hold on to.
+must arrive within :data:`HEAD_TIMEOUT` seconds, an answer the client must
+take within :data:`SEND_TIMEOUT` seconds, and at most :data:`MAX_CONNECTIONS`
+connections at once (one more gets a 503 written without waiting, and is
+closed).  ``/metrics`` is rendered at most once per :data:`METRICS_MAX_AGE`
+seconds and the same bytes are shared by every scrape, so clients that
+connect and never read cost a bounded amount of memory.  That is all a
+Kubernetes probe or a Prometheus scrape needs, and it leaves nothing for a
+slow or hostile client to hold on to.
 
 - ``/healthz``: 200 while the supervisor's loop answers (the body says
   ``stopping`` during a shutdown).
@@ -23,17 +28,35 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from .server import refuse_without_waiting
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._engine.runner import ServiceStatus
     from .._engine.supervisor import Supervisor
 
-__all__ = ["HEAD_TIMEOUT", "MAX_HEAD", "HealthServer", "open_health_socket", "render_metrics"]
+__all__ = [
+    "HEAD_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "MAX_HEAD",
+    "METRICS_MAX_AGE",
+    "SEND_TIMEOUT",
+    "HealthServer",
+    "open_health_socket",
+    "render_metrics",
+]
 
 MAX_HEAD = 8192
-HEAD_TIMEOUT = 10.0
+HEAD_TIMEOUT = 10.0  # seconds a request head may take to arrive
+SEND_TIMEOUT = 10.0  # seconds an answer may take to be taken by the client
+MAX_CONNECTIONS = 64  # connections served at once; more get a 503, written without waiting
+METRICS_MAX_AGE = 1.0  # seconds one rendering of /metrics is shared by every scrape
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
+)
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -127,6 +150,10 @@ def render_metrics(sup: Supervisor, now: float | None = None) -> str:
            [(label(n), float(s.last_exit.exit_code)) for n, s in statuses.items() if s.last_exit is not None])  # fmt: skip
     family("nsup_service_start_time_seconds", "gauge", "Unix time of the service's last start.",
            [(label(n), s.started_at) for n, s in statuses.items() if s.started_at is not None])  # fmt: skip
+    dropped = sup.writer.dropped if sup.writer is not None else {}
+    family("nsup_service_output_dropped_lines_total", "counter",
+           "Lines of the service's output dropped because nsup's stdout was not read fast enough.",
+           [(label(n), float(dropped.get(n, 0))) for n in statuses])  # fmt: skip
     states = ("down", "starting", "up", "stopping", "restarting", "backoff", "ended")
     family("nsup_service_state", "gauge", "1 for the service's current state.",
            [(label(n, state=st), float(s.state == st)) for n, s in statuses.items() for st in states])  # fmt: skip
@@ -158,6 +185,16 @@ class HealthServer:
         self.sup = sup
         self._stopping = stopping
         self._log = log
+        self.connections = 0
+        self._metrics: tuple[float, bytes] = (-METRICS_MAX_AGE, b"")
+
+    def _metrics_body(self) -> bytes:
+        rendered_at, body = self._metrics
+        now = trio.current_time()
+        if now - rendered_at >= METRICS_MAX_AGE:
+            body = render_metrics(self.sup).encode()
+            self._metrics = (now, body)
+        return body
 
     async def serve(self, sock: socket.socket) -> None:
         """Answer requests on the listening *sock* until cancelled."""
@@ -165,6 +202,10 @@ class HealthServer:
         await trio.serve_listeners(self._handle, [listener])
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        if self.connections >= MAX_CONNECTIONS:
+            refuse_without_waiting(stream, _BUSY)
+            return
+        self.connections += 1
         try:
             status, headers, body, head_only = await self._answer(stream)
             reason = _REASONS.get(status, "")
@@ -174,14 +215,16 @@ class HealthServer:
                 f"Content-Length: {len(body)}",
                 "Connection: close",
             ]
-            await stream.send_all(
-                ("\r\n".join(head) + "\r\n\r\n").encode() + (b"" if head_only else body)
-            )
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            with trio.fail_after(SEND_TIMEOUT):
+                await stream.send_all(("\r\n".join(head) + "\r\n\r\n").encode())
+                if not head_only:
+                    await stream.send_all(body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass
         except Exception as exc:  # noqa: BLE001 - one client's failure must not reach the supervisor
             self._log(f"health: request failed: {exc!r}")
         finally:
+            self.connections -= 1
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
@@ -223,7 +266,7 @@ class HealthServer:
             return (
                 200,
                 [f"Content-Type: {METRICS_TYPE}"],
-                render_metrics(self.sup).encode(),
+                self._metrics_body(),
                 head_only,
             )
         return 404, text, b"not found; try /healthz, /readyz or /metrics\n", head_only

@@ -14,6 +14,13 @@ Why it looks the way it does:
   refuses to start.  ``bind`` itself fails if a racing nsup got there first.
   The socket is bound under ``umask(0o177)``, so it never exists with a wider
   mode, and on exit it is removed only if it is still ours (same inode).
+- **Bounded clients.**  At most :data:`MAX_CLIENTS` connections are served
+  at once (one more gets a ``busy`` error, written without waiting, and is
+  closed); a connection with no request for :data:`IDLE_TIMEOUT` seconds is
+  closed; a reply that a client does not read within :data:`SEND_TIMEOUT`
+  seconds ends that connection, and so does an event not read within
+  :data:`EVENTS_SEND_TIMEOUT` (long, so that a paused ``nsup events | less``
+  can resume and read why it was dropped).
 - **One task per client, bounded lines.**  A request line over
   :data:`MAX_LINE` bytes gets a ``too_long`` error and the rest of that line is
   read and thrown away, so memory per client stays bounded and the client can
@@ -24,14 +31,15 @@ Why it looks the way it does:
 - **Events are pushed, never awaited by the supervisor.**  ``events``
   subscribes to the supervisor's event bus (whose publish never blocks); a
   subscriber that falls :data:`EVENT_BACKLOG` events behind is told so and
-  dropped, so a stalled ``nsup events`` cannot grow nsup's memory for ever.
+  dropped (its queue is freed at once), so a stalled ``nsup events`` cannot
+  grow nsup's memory for ever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
-import math
 import os
 import signal
 import socket
@@ -44,28 +52,41 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .._engine.events import BACKLOG
 from .._errors import NsupError, PolicyError
 from .client import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from .._engine.events import Event
     from .._engine.runner import ServiceStatus
     from .._engine.supervisor import Supervisor
 
 __all__ = [
+    "EVENTS_SEND_TIMEOUT",
     "EVENT_BACKLOG",
+    "IDLE_TIMEOUT",
+    "MAX_CLIENTS",
     "MAX_LINE",
+    "SEND_TIMEOUT",
     "BoundSocket",
     "ControlServer",
     "ControlSocketError",
     "bind_control_socket",
+    "refuse_without_waiting",
     "status_to_dict",
 ]
 
 MAX_LINE = 64 * 1024  # bytes in one request line
-EVENT_BACKLOG = 10_000  # events a subscriber may fall behind before it is dropped
+MAX_CLIENTS = 128  # connections served at once; more get a 'busy' error and are closed
+IDLE_TIMEOUT = (
+    60.0  # seconds a connection may wait before its next request (not once it follows events)
+)
+SEND_TIMEOUT = 10.0  # seconds one reply may take to reach a client that does not read
+EVENTS_SEND_TIMEOUT = (
+    300.0  # the same for an event: a paused `nsup events` may resume and see 'lagged'
+)
+EVENT_BACKLOG = BACKLOG  # events a subscriber may fall behind before it is dropped
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -280,6 +301,13 @@ class _LineReader:
             self._buf += data
 
 
+def refuse_without_waiting(stream: trio.SocketStream, message: bytes) -> None:
+    """Write *message* to a connection nsup will not serve, if it fits at once, and close it."""
+    with contextlib.suppress(OSError):
+        os.write(stream.socket.fileno(), message)  # a non-blocking socket: never waits
+    stream.socket.close()
+
+
 def _peer_uid(sock: trio.socket.SocketType) -> int:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     return int(_UCRED.unpack(raw)[1])
@@ -337,11 +365,15 @@ class ControlServer:
     # --- one client -------------------------------------------------------
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        if self.clients >= MAX_CLIENTS:
+            busy = self._error("busy", f"nsup serves at most {MAX_CLIENTS} clients at once; retry")
+            refuse_without_waiting(stream, json.dumps(busy).encode() + b"\n")
+            return
         self.clients += 1
         try:
             await self._converse(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            pass  # the client went away, or stopped reading
         except Exception as exc:  # noqa: BLE001 - one client's failure must not reach the supervisor
             self._log(f"control: a client's request failed: {exc!r}")
         finally:
@@ -363,9 +395,11 @@ class ControlServer:
             return
         reader = _LineReader(stream, MAX_LINE)
         while True:
-            line = await reader.next_line()
+            line: bytes | _TooLong | None = None
+            with trio.move_on_after(IDLE_TIMEOUT):
+                line = await reader.next_line()
             if line is None:
-                return
+                return  # end of stream, or idle too long
             request_id = None
             try:
                 request = self._decode(line)
@@ -424,8 +458,11 @@ class ControlServer:
         }
 
     @staticmethod
-    async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:
-        await stream.send_all(json.dumps(message).encode() + b"\n")
+    async def _send(
+        stream: trio.SocketStream, message: dict[str, Any], limit: float = SEND_TIMEOUT
+    ) -> None:
+        with trio.fail_after(limit):
+            await stream.send_all(json.dumps(message).encode() + b"\n")
 
     # --- commands ---------------------------------------------------------------
 
@@ -533,24 +570,15 @@ class ControlServer:
 
     # --- the event stream -----------------------------------------------------------
 
-    def _subscribe(self) -> trio.MemoryReceiveChannel[Event]:
-        """Register with the event bus now, before the reply says so (no event is missed)."""
-        bus = self.sup.bus
-        send, receive = trio.open_memory_channel["Event"](math.inf)
-        if bus.closed:
-            send.close()
-        else:
-            bus._subscribers.append(send)  # noqa: SLF001 - see EventBus.subscribe; registration must be synchronous
-        return receive
-
     async def _events(
         self, stream: trio.SocketStream, reader: _LineReader, request_id: object
     ) -> None:
-        receive = self._subscribe()
+        # Registered now, before the reply says so: no event is missed.
+        subscription = self.sup.events()
         reply: dict[str, Any] = {"v": PROTOCOL_VERSION, "ok": True, "subscribed": True}
         if request_id is not None:
             reply["id"] = request_id
-        async with receive, trio.open_nursery() as nursery:
+        async with subscription, trio.open_nursery() as nursery:
 
             async def watch_client() -> None:
                 while await reader.next_line() is not None:
@@ -559,14 +587,11 @@ class ControlServer:
 
             nursery.start_soon(watch_client)
             await self._send(stream, reply)
-            async for event in receive:
-                if receive.statistics().current_buffer_used > EVENT_BACKLOG:
-                    await self._send(
-                        stream,
-                        self._error(
-                            "lagged", f"dropped: this subscriber fell {EVENT_BACKLOG} events behind"
-                        ),
-                    )
+            async for event in subscription:
+                if event.kind == "lagged":
+                    lagged = self._error("lagged", f"dropped: {event.message}")
+                    await self._send(stream, lagged, EVENTS_SEND_TIMEOUT)
                     break
-                await self._send(stream, {"v": PROTOCOL_VERSION, **event.to_dict()})
+                event_line = {"v": PROTOCOL_VERSION, **event.to_dict()}
+                await self._send(stream, event_line, EVENTS_SEND_TIMEOUT)
             nursery.cancel_scope.cancel()

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import math
+import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import attrs
 import trio
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import Callable
 
     from .._exitstatus import ExitStatus
 
-__all__ = ["Event", "EventBus", "EventKind"]
+__all__ = ["BACKLOG", "Event", "EventBus", "EventKind", "Subscription"]
+
+BACKLOG = 1024  # events a subscriber may fall behind before it is dropped
 
 EventKind = Literal[
     "starting",  # a spawn is under way
@@ -29,6 +31,7 @@ EventKind = Literal[
     "failed",  # the service is left failed (permanent spawn error, its give-up, an internal error)
     "spawn_failed",  # the command could not be started; message says why
     "status",  # the service sent STATUS= over its notify socket
+    "lagged",  # the last event of a subscriber that fell too far behind: it was dropped
 ]
 
 
@@ -84,41 +87,136 @@ class Event:
         return " ".join(parts)
 
 
+class Subscription:
+    """One subscriber's bounded queue of events; made by :meth:`EventBus.subscribe`.
+
+    It is registered when it is made, so no event published after that is
+    missed, however late iteration begins.  Use it as an async iterator, and
+    as an async context manager (or call :meth:`close`) to unsubscribe.  If
+    it falls :data:`BACKLOG` events behind, its queue is emptied and it ends
+    with one ``lagged`` event, so a stalled subscriber costs a bounded amount
+    of memory; a subscriber that sees ``lagged`` has missed events and should
+    read the state afresh (``status``) before subscribing again.
+    """
+
+    def __init__(self, bus: EventBus, backlog: int) -> None:
+        """Register with *bus* (or end at once if it is closed)."""
+        self._bus = bus
+        self._send, self._receive = trio.open_memory_channel[Event](backlog)
+        self.lagged = False
+        if bus.closed:
+            self._send.close()
+        else:
+            bus._subscribers.append(self)  # noqa: SLF001 - the bus and its subscriptions are one unit
+
+    def _deliver(self, event: Event) -> bool:
+        """Queue *event*; return False once this subscription is over."""
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            self._lag(event)
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def _lag(self, event: Event) -> None:
+        while True:  # free the backlog now: the subscriber will not read it
+            try:
+                self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self.lagged = True
+        message = f"this subscriber fell {self._send.statistics().max_buffer_size} events behind and was dropped"
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self._send.send_nowait(
+                Event(kind="lagged", service="", time=event.time, message=message)
+            )
+        self._send.close()
+
+    def end(self) -> None:
+        """End the subscription from the publishing side (the iterator finishes)."""
+        self._send.close()
+
+    def close(self) -> None:
+        """Unsubscribe; the iterator ends and the queue is freed."""
+        self._bus._forget(self)  # noqa: SLF001
+        self._send.close()
+        self._receive.close()
+
+    def statistics(self) -> trio.MemoryChannelStatistics:
+        """The queue's statistics (``current_buffer_used`` is the backlog now)."""
+        return self._receive.statistics()
+
+    async def receive(self) -> Event:
+        """Return the next event.
+
+        Raises:
+            trio.EndOfChannel: the bus closed, or this subscriber lagged and its ``lagged`` event was read.
+
+        """
+        return await self._receive.receive()
+
+    def __aiter__(self) -> Self:
+        """Iterate over the events."""
+        return self
+
+    async def __anext__(self) -> Event:
+        """Return the next event, or stop at the end of the subscription."""
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Self:
+        """Return the subscription (already registered)."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Unsubscribe."""
+        self.close()
+
+
 class EventBus:
     """Fan events out to every subscriber; a slow subscriber never blocks nsup.
 
-    Each subscriber gets an unbounded memory channel, so publishing is
-    synchronous and cannot fail; a subscriber that stops reading only grows
-    its own queue, and closing its iterator frees it.
+    Each subscriber gets a bounded queue (:class:`Subscription`), so
+    publishing is synchronous and cannot fail; one that falls too far behind
+    is dropped with a final ``lagged`` event.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, backlog: int = BACKLOG) -> None:
         """Start with no subscribers."""
-        self._subscribers: list[trio.MemorySendChannel[Event]] = []
+        self._subscribers: list[Subscription] = []
+        self._listeners: list[Callable[[Event], None]] = []
+        self.backlog = backlog
         self.closed = False
+        self.lagged = 0  # subscribers dropped for falling behind
+
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener(event)`` for every event, synchronously; it must not block."""
+        self._listeners.append(listener)
 
     def publish(self, event: Event) -> None:
-        """Hand *event* to every current subscriber."""
-        for channel in list(self._subscribers):
-            try:
-                channel.send_nowait(event)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.remove(channel)
+        """Hand *event* to every listener and every current subscriber."""
+        for listener in self._listeners:
+            listener(event)
+        for sub in list(self._subscribers):
+            if not sub._deliver(event):  # noqa: SLF001
+                self._forget(sub)
+                self.lagged += sub.lagged
+
+    def _forget(self, sub: Subscription) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(sub)
 
     def close(self) -> None:
         """End every subscription (their iterators finish)."""
         self.closed = True
-        for channel in self._subscribers:
-            channel.close()
+        for sub in self._subscribers:
+            sub.end()
         self._subscribers.clear()
 
-    async def subscribe(self) -> AsyncIterator[Event]:
-        """Yield events from now on, until the bus closes."""
-        send, receive = trio.open_memory_channel[Event](math.inf)
-        if self.closed:
-            send.close()
-        else:
-            self._subscribers.append(send)
-        async with receive:
-            async for event in receive:
-                yield event
+    def subscribe(self) -> Subscription:
+        """Return a :class:`Subscription`, registered now: every event from now on."""
+        return Subscription(self, self.backlog)

@@ -50,8 +50,8 @@ from .._exitstatus import ExitStatus
 from .._process import Process, start_process
 from .events import Event, EventKind
 from .notify import NotifySocket
-from .output import pump_lines
-from .probes import RETRY_INTERVAL, exec_probe, tcp_once, tcp_until
+from .output import Line, pump_lines
+from .probes import RETRY_INTERVAL, LogMatcher, exec_probe, tcp_once, tcp_until
 from .restart import Action, BackoffCounter, Input, State, transition, wants_restart
 from .service_spec import spec_for
 
@@ -115,7 +115,7 @@ class RunnerHost(Protocol):
         """Publish *event* to every subscriber; never blocks, never raises."""
         ...
 
-    def output(self, name: str, line: str) -> None:
+    def output(self, line: Line) -> None:
         """Write one line a service printed (it may raise: the runner fails, not the host)."""
         ...
 
@@ -659,17 +659,24 @@ class Runner:
             while not await exec_probe(probe.exec, proc, probe.timeout):  # noqa: ASYNC110 - no event for "ready"
                 await trio.sleep(RETRY_INTERVAL)
             return True
+        return await self._log_ready(LogMatcher(probe.log), hooks)
+
+    async def _log_ready(self, matcher: LogMatcher, hooks: list[Callable[[str], None]]) -> bool:
         matched = trio.Event()
 
         def on_line(line: str) -> None:
-            if probe.log.search(line):
+            if matcher.search(line):
                 matched.set()
+            elif matcher.over_budget:
+                self._publish("unhealthy", message=matcher.explain())
+                hooks.remove(on_line)  # it never matches again; readiness times out
 
         hooks.append(on_line)
         try:
             await matched.wait()
         finally:
-            hooks.remove(on_line)
+            if on_line in hooks:
+                hooks.remove(on_line)
         return True
 
     async def _health(
@@ -678,10 +685,14 @@ class Runner:
         health = self.instance.spec.health
         assert health is not None  # noqa: S101
         seen = [False]
+        matcher = LogMatcher(health.log) if health.log is not None else None
 
         def on_line(line: str) -> None:
-            if health.log is not None and health.log.search(line):
+            if matcher is not None and matcher.search(line):
                 seen[0] = True
+            elif matcher is not None and matcher.over_budget:
+                self._publish("unhealthy", message=matcher.explain())
+                hooks.remove(on_line)  # it never matches again: the probe fails
 
         if health.kind == "log":
             hooks.append(on_line)

@@ -43,9 +43,7 @@ The failure model (docs/failure-model.md)
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -53,8 +51,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from .._errors import NsupError
-from .events import Event, EventBus
-from .output import prefix_writer
+from .._rundir import make_runtime_dir
+from .events import Event, EventBus, Subscription
+from .output import Line, PrefixView, output_sink
 from .restart import Input, Intensity, State
 from .runner import QUIET, Decision, Runner, ServiceStatus
 
@@ -84,15 +83,6 @@ class GaveUpError(NsupError, RuntimeError):
         )
 
 
-def _runtime_dir() -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR") or (
-        "/run" if os.geteuid() == 0 and os.access("/run", os.W_OK) else None
-    )
-    path = tempfile.mkdtemp(prefix="nsup-", dir=base)
-    os.chmod(path, 0o711)  # noqa: S103 - children of other uids may reach their notify socket, not list it
-    return path
-
-
 class Supervisor:
     """A running policy.  Made by :func:`open_supervisor` (or ``nsup run``).
 
@@ -104,14 +94,14 @@ class Supervisor:
         self,
         policy: Policy,
         nursery: trio.Nursery,
-        output: Callable[[str, str], None] | None = None,
+        output: Callable[[str, str], None] | PrefixView | None = None,
     ) -> None:
         """Prepare runners for *policy*; nothing starts until :meth:`start_all`."""
         self.policy = policy
         self._nursery = nursery
-        self._output = output or prefix_writer()
+        self._output, self.writer = output_sink(output, nursery)
         self.bus = EventBus()
-        self.runtime_dir = _runtime_dir()
+        self.runtime_dir = make_runtime_dir()
         self.runners: dict[str, Runner] = {}
         self.order: list[str] = []
         self.intensity = Intensity(policy.supervisor.max_restarts, policy.supervisor.within)
@@ -225,9 +215,9 @@ class Supervisor:
 
     publish = emit
 
-    def output(self, name: str, line: str) -> None:
+    def output(self, line: Line) -> None:
         """Write one line of a service's output through the sink given at creation."""
-        self._output(name, line)
+        self._output(line)
 
     def output_opened(self) -> None:
         """Count an output pipe being read."""
@@ -381,8 +371,22 @@ class Supervisor:
         """Send *signo* to every running instance of *name*; return how many got it."""
         return sum(runner.send_signal(signo) for runner in self._named([name]))
 
-    def events(self) -> AsyncIterator[Event]:
-        """Follow events from now on: starting, started, ready, exited, restarting, failed..."""
+    def events(self) -> Subscription:
+        """Follow events from now on: starting, started, ready, exited, restarting, gave_up...
+
+        The subscription is registered when this is called, not when
+        iteration begins.  Use it as an async iterator; ``async with`` (or
+        ``close()``) unsubscribes.  It is bounded: a subscriber that falls
+        :data:`nsup._engine.events.BACKLOG` events behind gets one final
+        ``lagged`` event and the iteration ends.
+
+        Example::
+
+            async with sup.events() as events:
+                await sup.restart("web")
+                async for event in events:
+                    ...
+        """
         return self.bus.subscribe()
 
     async def reload(self, policy: Policy) -> dict[str, list[str]]:
@@ -414,6 +418,13 @@ class Supervisor:
                         self.runners[name].send(Input.START)
         await self._wait_settled(changed + added)
         return {"changed": changed, "removed": removed, "added": added}
+
+    async def close_output(self) -> None:
+        """Write what output is still queued (for at most OUTPUT_DRAIN seconds), then close it."""
+        if self.writer is not None:
+            with trio.move_on_after(OUTPUT_DRAIN):
+                await self.writer.flush()
+            self.writer.close()
 
     def _forget(self, name: str) -> None:
         runner = self.runners.pop(name, None)
@@ -462,6 +473,7 @@ async def open_supervisor(
         finally:
             with trio.CancelScope(shield=True):
                 await sup.stop_all()
+                await sup.close_output()
             nursery.cancel_scope.cancel()
     if sup.gave_up is not None:
         raise sup.gave_up

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .._errors import PolicyError
+from .bounds import MAX_POLICY_BYTES, check_text_depth
 from .build import build, instance_names
 from .lines import key_lines
 from .model import (
@@ -293,7 +294,10 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
     """
     source = str(path)
     with open(path, "rb") as file:
-        data = file.read()
+        data = file.read(MAX_POLICY_BYTES + 1)
+    if len(data) > MAX_POLICY_BYTES:
+        message = f"the policy file is larger than {MAX_POLICY_BYTES // 2**20} MiB"
+        raise PolicyError([PolicyIssue(source, "", None, message)])
     try:
         text = data.decode()
     except UnicodeDecodeError as exc:
@@ -301,8 +305,14 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
         raise PolicyError(
             [PolicyIssue(source, "", bad_line, f"the policy is not valid UTF-8 text: {exc.reason}")]
         ) from None
+    deep = check_text_depth(text)
+    if deep is not None:
+        deep_line, deep_key, deep_message = deep
+        raise PolicyError([PolicyIssue(source, deep_key, deep_line, deep_message)])
     try:
         document = tomllib.loads(text)
+    except RecursionError:  # pragma: no cover - check_text_depth refuses it first
+        raise PolicyError([PolicyIssue(source, "", None, "the policy nests too deeply")]) from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         line: int | None = None

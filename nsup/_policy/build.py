@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._clone.namespaces import DEFAULT_NAMESPACES
 from .._errors import PolicyError
+from .bounds import MAX_SERVICES, check_data_depth
 from .lines import line_of
 from .model import PolicyIssue, Service, SupervisorConfig
 from .schema import SERVICE_FIELDS, SUPERVISOR_FIELDS, TOP_LEVEL_KEYS
@@ -156,6 +157,18 @@ def _check_instance_names(services: Mapping[str, _Service]) -> list[Problem]:
     return problems
 
 
+def _check_total(services: Mapping[str, _Service]) -> list[Problem]:
+    total = sum(s.instances for s in services.values())
+    if total <= MAX_SERVICES:
+        return []
+    return [
+        (
+            "services",
+            f"'services' makes {total} service instances; at most {MAX_SERVICES} are allowed",
+        )
+    ]
+
+
 def _check_document(
     document: Mapping[str, Any],
 ) -> tuple[SupervisorConfig | None, dict[str, _Service], list[Problem]]:
@@ -191,12 +204,16 @@ def _check_document(
                 f"'services' must be a table with at least one [services.NAME] table (got {got})",
             )
         )
+    elif len(raw_services) > MAX_SERVICES:
+        message = f"'services' has {len(raw_services)} services; at most {MAX_SERVICES} are allowed"
+        problems.append(("services", message))
     else:
         for name, raw in raw_services.items():
             services[str(name)] = service = _Service(str(name), raw)
             problems += _check_service(service, defaults)
         problems += _check_dependencies(services)
         problems += _check_instance_names(services)
+        problems += _check_total(services)
     return supervisor, services, problems
 
 
@@ -218,9 +235,12 @@ def build(
         PolicyError: with every problem found, in document order.
 
     """
-    if not isinstance(document, dict):
-        problems: list[Problem] = [("", f"a policy must be a table (got {show(document)})")]
-        supervisor, services = None, dict[str, _Service]()
+    problems: list[Problem] = check_data_depth(document)
+    supervisor, services = None, dict[str, _Service]()
+    if problems:
+        pass  # checking deeper would recurse through the very nesting refused here
+    elif not isinstance(document, dict):
+        problems = [("", f"a policy must be a table (got {show(document)})")]
     else:
         supervisor, services, problems = _check_document(document)
     if problems or supervisor is None:

@@ -208,7 +208,8 @@ class Service:
         user: the numeric uid to run as inside, or ``None`` (unchanged).
         group: the numeric gid to run as inside, or ``None`` (unchanged).
         capabilities: the ``CAP_*`` names to keep, or ``None`` (unchanged).
-        no_new_privs: set ``PR_SET_NO_NEW_PRIVS`` before exec.
+        no_new_privs: set ``PR_SET_NO_NEW_PRIVS`` before exec; ``None``: set
+            it when the service has a ``rootfs`` or a read-only mount.
 
     """
 
@@ -235,4 +236,4 @@ class Service:
     user: int | None = None
     group: int | None = None
     capabilities: frozenset[str] | None = None
-    no_new_privs: bool = False
+    no_new_privs: bool | None = None

@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from .._mount import MOUNT_TYPES, Mount
+from .bounds import MAX_INSTANCES
 from .model import RLIMITS, Backoff, HealthProbe, Limits, Probe, Stop
 from .validate import (
     Invalid,
@@ -68,6 +69,8 @@ _SOCKET_PATH_MAX = 107
 _HOSTNAME_MAX = 64
 # (uid_t)-1 means "unchanged" to the kernel, so the largest id is one less.
 _ID_MAX = 2**32 - 2
+# Cores for the cpu limit: more than any machine has, and the quota stays an int.
+_CPU_MAX = 65536.0
 # rlim_t is unsigned 64-bit, and all ones means "unlimited".
 _RLIM_MAX = 2**64 - 2
 
@@ -172,7 +175,7 @@ STOP_FIELDS: Mapping[str, Validator] = {
 LIMITS_FIELDS: Mapping[str, Validator] = {
     "memory": size(),
     "pids": integer(minimum=1),
-    "cpu": number(minimum=0.0, exclusive_minimum=True),
+    "cpu": number(minimum=0.0, maximum=_CPU_MAX, exclusive_minimum=True),
     **{
         name: _RlimitValidator(
             size(positive=False)
@@ -296,7 +299,7 @@ SERVICE_FIELDS: Mapping[str, Validator] = {
             "notify": "notify is only a readiness probe; use 'tcp', 'exec' or 'log' for health"
         },
     ),
-    "instances": integer(minimum=1),
+    "instances": integer(minimum=1, maximum=MAX_INSTANCES),
     "stdout": absolute_path("inherit", "null"),
     "stderr": absolute_path("inherit", "null"),
     "mounts": _ListOfTablesValidator(

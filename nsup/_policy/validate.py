@@ -27,6 +27,7 @@ import attrs
 
 from .._clone.caps import check_capabilities
 from .._clone.namespaces import NAMESPACES, check_namespaces
+from .bounds import MAX_DURATION, MAX_SIZE
 from .units import DURATION_FORMS, SIZE_FORMS, parse_duration, parse_size
 
 __all__ = [
@@ -219,6 +220,8 @@ class _UnitValidator:
 
     positive: bool
     forms: ClassVar[str]
+    maximum: ClassVar[float]
+    too_large: ClassVar[str]
 
     @staticmethod
     def parse(value: object) -> float:
@@ -233,12 +236,16 @@ class _UnitValidator:
             raise Invalid.at(key, f"{key!r} must be {self.forms} (got {show(value)})") from None
         if self.positive and result == 0:
             raise Invalid.at(key, f"{key!r} must be positive (got {show(value)})")
+        if result > self.maximum:
+            raise Invalid.at(key, f"{key!r} must be at most {self.too_large} (got {show(value)})")
         return result
 
 
 @attrs.frozen
 class _DurationValidator(_UnitValidator):
     forms = DURATION_FORMS
+    maximum = MAX_DURATION
+    too_large = "365 days ('8760h')"
     parse = staticmethod(parse_duration)
 
 
@@ -258,6 +265,8 @@ def duration(*, positive: bool = True) -> Validator:
 @attrs.frozen
 class _SizeValidator(_UnitValidator):
     forms = SIZE_FORMS
+    maximum = MAX_SIZE
+    too_large = "1 PiB ('1048576G')"
     parse = staticmethod(parse_size)
 
 
