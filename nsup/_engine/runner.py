@@ -28,6 +28,7 @@ from .._process import Process, start_process
 from .events import Event, EventKind
 from .notify import NotifySocket
 from .output import pump_lines
+from .prepare import prepare
 from .probes import RETRY_INTERVAL, LogMatcher, exec_probe, tcp_once, tcp_until
 from .restart import Action, BackoffCounter, Input, State, transition, wants_restart
 from .service_spec import spec_for
@@ -286,8 +287,12 @@ class Runner:
         if self.instance.spec.ready is not None and self.instance.spec.ready.kind == "notify":
             notify = NotifySocket(self.sup.runtime_dir, self.name)
             await notify.bind()
-        read_fd, spec, close_after = spec_for(self.instance, notify.path if notify else None)
+        read_fd, close_after = -1, list[int]()
         try:
+            prepared = await prepare(self.instance)
+            read_fd, spec, close_after = spec_for(
+                self.instance, notify.path if notify else None, prepared
+            )
             proc = await start_process(spec)
         except BaseException as exc:
             if read_fd >= 0:

@@ -17,14 +17,15 @@ from .._spec import ProcessSpec
 if TYPE_CHECKING:
     from .._policy import ServiceInstance
     from .._spec import StdioMode
+    from .prepare import Prepared
 
 __all__ = ["spec_for"]
 
 
 def spec_for(
-    instance: ServiceInstance, notify_path: str | None
+    instance: ServiceInstance, notify_path: str | None, prepared: Prepared
 ) -> tuple[int, ProcessSpec, list[int]]:
-    """Build the spec for one start of *instance*.
+    """Build the spec for one start of *instance*, with its *prepared* identity and environment.
 
     Returns:
         ``(read_fd, spec, close_after)``: the read end of the output pipe (or
@@ -49,8 +50,7 @@ def spec_for(
         close_after.append(fd)
         return fd
 
-    env = dict(os.environ)
-    env.update(service.env)
+    env = dict(prepared.env)
     env["NSUP_SERVICE"] = instance.name
     env["NSUP_INSTANCE"] = str(instance.index)
     if notify_path is not None:
@@ -76,8 +76,10 @@ def spec_for(
             stop_timeout=service.stop.timeout,
             limits=service.limits,
             rootfs=service.rootfs,
-            user=service.user,
-            group=service.group,
+            user=prepared.identity.uid,
+            group=prepared.identity.gid,
+            groups=prepared.identity.groups,
+            umask=service.umask,
             capabilities=service.capabilities,
             no_new_privs=service.no_new_privs,
         )

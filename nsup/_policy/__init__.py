@@ -246,6 +246,8 @@ def _service_dict(service: Service) -> dict[str, Any]:
         "init": service.init,
         "hostname": service.hostname,
         "env": dict(service.env),
+        "env_file": list(service.env_file),
+        "env_inherit": service.env_inherit,
         "cwd": service.cwd,
         "stop": {"signal": service.stop.signal.name, "timeout": service.stop.timeout},
         "limits": _limits_dict(service.limits),
@@ -262,6 +264,8 @@ def _service_dict(service: Service) -> dict[str, Any]:
         "rootfs": service.rootfs,
         "user": service.user,
         "group": service.group,
+        "groups": None if service.groups is None else list(service.groups),
+        "umask": service.umask,
         "capabilities": None if service.capabilities is None else sorted(service.capabilities),
         "no_new_privs": service.no_new_privs,
     }

@@ -200,8 +200,16 @@ class Service:
             empty means "the caller's uid is 0 inside" (with ``user``).
         gid_map: same for gids.
         rootfs: a directory that becomes the service's ``/``, or ``None``.
-        user: the numeric uid to run as inside, or ``None`` (unchanged).
-        group: the numeric gid to run as inside, or ``None`` (unchanged).
+        user: the user to run as inside, a name or a uid, or ``None`` (unchanged).
+            Names are resolved at each start (see :mod:`nsup._policy.identity`).
+        group: the group to run as, a name or a gid, or ``None`` (the user's
+            primary group, or unchanged without ``user``).
+        groups: the supplementary groups, names or gids, or ``None`` for the
+            user's groups from the group database (as ``initgroups`` does).
+        umask: the file mode creation mask, or ``None`` (nsup's own).
+        env_file: env files (``KEY=VALUE`` lines) read at each start.
+        env_inherit: start from nsup's whole environment, or (``False``) only
+            from its ``PATH``, ``HOME``, ``USER``, ``LANG`` and ``TERM``.
         capabilities: the ``CAP_*`` names to keep, or ``None`` (unchanged).
         no_new_privs: set ``PR_SET_NO_NEW_PRIVS`` before exec; ``None``: set
             it when the service has a ``rootfs`` or a read-only mount.
@@ -228,7 +236,11 @@ class Service:
     uid_map: IdMap = ()
     gid_map: IdMap = ()
     rootfs: str | None = None
-    user: int | None = None
-    group: int | None = None
+    user: int | str | None = None
+    group: int | str | None = None
+    groups: tuple[int | str, ...] | None = None
+    umask: int | None = None
+    env_file: tuple[str, ...] = ()
+    env_inherit: bool = True
     capabilities: frozenset[str] | None = None
     no_new_privs: bool | None = None
