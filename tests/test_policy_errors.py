@@ -24,6 +24,7 @@ DURATION = "a duration such as '250ms', '5s', '2m', '1h' or '1m30s', or a number
 SIZE = "a size such as '64K', '256M' or '1G' (binary multiples), or a number of bytes"
 SIGNAL = "a signal name such as 'SIGTERM' or 'TERM', or a signal number"
 ID_OR_NAME = "a name such as 'www-data' or a number from 0 to 4294967294"
+UMASK = "a umask: an octal string such as '027' or an integer from 0 to 511"
 ONE_PROBE = "must have exactly one of 'notify', 'tcp', 'exec' or 'log'"
 ONE_HEALTH = "must have exactly one of 'tcp', 'exec' or 'log'"
 NO_SERVICES = "'services' must be a table with at least one [services.NAME] table"
@@ -879,8 +880,7 @@ CASES = {
             (
                 3,
                 "services.web.umask",
-                "'services.web.umask' must be a umask: an octal string such as '027' or an "
-                "integer from 0 to 511 (got '0888')",
+                f"'services.web.umask' must be {UMASK} (got '0888')",
             )
         ],
     ),
@@ -890,8 +890,7 @@ CASES = {
             (
                 3,
                 "services.web.umask",
-                "'services.web.umask' must be a umask: an octal string such as '027' or an "
-                "integer from 0 to 511 (got '1777')",
+                f"'services.web.umask' must be {UMASK} (got '1777')",
             )
         ],
     ),
