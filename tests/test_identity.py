@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import pwd
@@ -228,7 +227,7 @@ async def run_once(policy_dict: dict) -> list:
         sup = Supervisor(pol, nursery)
 
         async def collect():
-            async with contextlib.aclosing(sup.events()) as subscription:
+            async with sup.events() as subscription:
                 async for event in subscription:
                     events.append(event)
                     if event.kind in {"exited", "spawn_failed"}:

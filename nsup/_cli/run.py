@@ -56,7 +56,8 @@ def register(subparsers: Any) -> None:
         "run",
         help="supervise a policy in the foreground",
         description="Start the services of POLICY.toml and keep them running by its rules.",
-        epilog="signals: TERM/INT stop gracefully and exit 0; HUP reloads the policy.\n"
+        epilog="signals: TERM/INT stop gracefully and exit 0; HUP reloads the policy; "
+        "USR1 reopens the log files.\n"
         "exit status: 0 clean stop, 1 gave up (restart intensity exceeded), 2 invalid policy.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -174,17 +175,26 @@ async def _reload_on_hup(sup: Supervisor, path: str, log: _Logger, lock: trio.Lo
         await _reload(sup, path, log, lock)
 
 
+def _reopen_logs(sup: Supervisor, log: _Logger) -> None:
+    """SIGUSR1: reopen every service log file (after an external logrotate)."""
+    errors = sup.reopen_logs()
+    for error in errors:
+        log.line(f"could not reopen a log file: {error}")
+    log.line(f"reopened {len(sup.routes.files.files)} log files")
+
+
 async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.socket | None) -> int:
     policy = load_policy(path)
     reload_lock = trio.Lock()
-    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
     with trio.open_signal_receiver(*signals) as receiver:
         async with trio.open_nursery() as nursery:
             await nursery.start(log.serve)
             out = FdWriter(1)
             out.on_drop = lambda name, n: log.line(f"dropped {n} lines of {name}", service=name)
             nursery.start_soon(out.run)
-            sup = Supervisor(policy, nursery, PrefixView(out))
+            view = PrefixView(out, timestamps=policy.supervisor.timestamps, json=log.fmt == "json")
+            sup = Supervisor(policy, nursery, view)
             # A listener, not a subscription: nsup's own log is never dropped for lagging
             # (log.event only queues the line for the bounded stderr writer).
             sup.bus.add_listener(log.event)
@@ -214,6 +224,8 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
                         await _reap_orphans_when_safe()
                     elif signo == signal.SIGHUP:
                         nursery.start_soon(_reload_on_hup, sup, path, log, reload_lock)
+                    elif signo == signal.SIGUSR1:
+                        _reopen_logs(sup, log)
                     else:
                         log.line(f"{signal.Signals(signo).name}: stopping every service")
                         server.stopping = True

@@ -1,4 +1,4 @@
-"""What a service's start needs from the host: its user's ids and its environment.
+"""What a service's start needs from the host: its user's ids, its environment, its log directories.
 
 Looking up a user name may ask a network name service (NSS with LDAP or
 sssd), and an env file may sit on a slow file system, so neither is done on
@@ -19,11 +19,14 @@ import trio
 
 from .._errors import SpawnError
 from .._policy.environ import service_environment
+from .._policy.hostcheck import log_dir_problems
 from .._policy.identity import Identity, Unresolved, needs_lookup, resolve_identity
+from .._policy.model import OutputFile
 from .._policy.validate import key_join
 
 if TYPE_CHECKING:
     from .._policy import ServiceInstance
+    from .._policy.model import Service
 
 __all__ = ["LOOKUP_TIMEOUT", "Prepared", "prepare"]
 
@@ -42,11 +45,17 @@ class Prepared:
 def _prepare(instance: ServiceInstance) -> Prepared:
     key = key_join("services", instance.service)
     try:
+        if problems := log_dir_problems(instance.spec, key):
+            raise problems[0]
         identity = resolve_identity(instance.spec, key)
         env = service_environment(instance.spec, identity, key, os.environ)
     except Unresolved as exc:
         raise SpawnError(exc.errno, exc.message, exc.key.rpartition(".")[2]) from None
     return Prepared(identity, env)
+
+
+def _has_files(service: Service) -> bool:
+    return isinstance(service.stdout, OutputFile) or isinstance(service.stderr, OutputFile)
 
 
 async def prepare(instance: ServiceInstance) -> Prepared:
@@ -59,7 +68,7 @@ async def prepare(instance: ServiceInstance) -> Prepared:
 
     """
     service = instance.spec
-    if not needs_lookup(service) and not service.env_file:
+    if not needs_lookup(service) and not service.env_file and not _has_files(service):
         return _prepare(instance)
     with trio.move_on_after(LOOKUP_TIMEOUT):
         return await trio.to_thread.run_sync(_prepare, instance, abandon_on_cancel=True)

@@ -27,7 +27,7 @@ from .._exitstatus import ExitStatus
 from .._process import Process, start_process
 from .events import Event, EventKind
 from .notify import NotifySocket
-from .output import pump_lines
+from .output import Line, Stream, pump_lines
 from .prepare import prepare
 from .probes import RETRY_INTERVAL, LogMatcher, exec_probe, tcp_once, tcp_until
 from .restart import Action, BackoffCounter, Input, State, transition, wants_restart
@@ -267,9 +267,9 @@ class Runner:
             return
         if started is None:
             return  # _start reported the failure
-        proc, notify, read_fd = started
+        proc, notify, read_fds = started
         try:
-            status = await self._supervise(proc, generation, notify, read_fd)
+            status = await self._supervise(proc, generation, notify, read_fds)
         finally:
             with trio.CancelScope(shield=True):
                 await proc.aclose()
@@ -281,22 +281,24 @@ class Runner:
         restart = wants_restart(self.instance.spec.restart, status)
         self.send(Input.EXIT_RESTART if restart else Input.EXIT_FINAL, generation, status)
 
-    async def _start(self, generation: int) -> tuple[Process, NotifySocket | None, int] | None:
+    async def _start(
+        self, generation: int
+    ) -> tuple[Process, NotifySocket | None, dict[str, int]] | None:
         """Spawn the process; on failure report it as an exit and return None."""
         notify = None
         if self.instance.spec.ready is not None and self.instance.spec.ready.kind == "notify":
             notify = NotifySocket(self.sup.runtime_dir, self.name)
             await notify.bind()
-        read_fd, close_after = -1, list[int]()
+        read_fds, close_after = dict[str, int](), list[int]()
         try:
             prepared = await prepare(self.instance)
-            read_fd, spec, close_after = spec_for(
+            read_fds, spec, close_after = spec_for(
                 self.instance, notify.path if notify else None, prepared
             )
             proc = await start_process(spec)
         except BaseException as exc:
-            if read_fd >= 0:
-                os.close(read_fd)
+            for fd in read_fds.values():
+                os.close(fd)
             if notify is not None:
                 notify.close()
             if not isinstance(exc, SpawnError):
@@ -312,16 +314,20 @@ class Runner:
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self._publish("started", pid=proc.pid)
-        return proc, notify, read_fd
+        return proc, notify, read_fds
 
     async def _supervise(
-        self, proc: Process, generation: int, notify: NotifySocket | None, read_fd: int
+        self, proc: Process, generation: int, notify: NotifySocket | None, read_fds: dict[str, int]
     ) -> ExitStatus:
         hooks: list[Callable[[str], None]] = []
         assert self._nursery is not None  # noqa: S101
-        if read_fd >= 0:
-            # The pump outlives this run if a descendant keeps the pipe open.
-            self._nursery.start_soon(self._pump, trio.lowlevel.FdStream(read_fd), hooks)
+        for name, fd in read_fds.items():
+            # A pump outlives this run if a descendant keeps the pipe open.
+            stream: Stream = "stderr" if name == "stderr" else "stdout"
+            target = getattr(self.instance.spec, stream)
+            sink = self.sup.routes.sink(target, proc.pid)
+            pipe = trio.lowlevel.FdStream(fd)
+            self._nursery.start_soon(self._pump, pipe, hooks, stream, sink)
         try:
             async with trio.open_nursery() as helpers:
                 helpers.start_soon(self._readiness, proc, generation, notify, hooks)
@@ -334,12 +340,16 @@ class Runner:
         return status
 
     async def _pump(
-        self, stream: trio.lowlevel.FdStream, hooks: list[Callable[[str], None]]
+        self,
+        pipe: trio.lowlevel.FdStream,
+        hooks: list[Callable[[str], None]],
+        stream: Stream,
+        sink: Callable[[Line], None],
     ) -> None:
         self.sup.pumps += 1
         try:
-            async with stream:
-                await pump_lines(stream, self.name, self.sup.output, hooks)
+            async with pipe:
+                await pump_lines(pipe, self.name, sink, hooks, which=stream)
         finally:
             self.sup.pumps -= 1
             self.sup.pumps_changed.set()

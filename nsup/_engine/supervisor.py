@@ -31,6 +31,7 @@ from .._rundir import make_runtime_dir
 from .events import Event, EventBus, Subscription
 from .output import PrefixView, output_sink
 from .restart import Input, Intensity, State
+from .routes import OutputRoutes
 from .runner import Runner, ServiceStatus
 
 if TYPE_CHECKING:
@@ -73,7 +74,8 @@ class Supervisor:
         """Prepare runners for *policy*; nothing starts until :meth:`start_all`."""
         self.policy = policy
         self._nursery = nursery
-        self.output, self.writer = output_sink(output, nursery)
+        self.output, self.writer = output_sink(output, nursery, policy.supervisor.timestamps)
+        self.routes = OutputRoutes(self.output)
         self.bus = EventBus()
         self.runtime_dir = make_runtime_dir()
         self.runners: dict[str, Runner] = {}
@@ -306,10 +308,15 @@ class Supervisor:
 
     async def close_output(self) -> None:
         """Write what output is still queued (for at most OUTPUT_DRAIN seconds), then close it."""
+        self.routes.close()
         if self.writer is not None:
             with trio.move_on_after(OUTPUT_DRAIN):
                 await self.writer.flush()
             self.writer.close()
+
+    def reopen_logs(self) -> list[str]:
+        """Reopen every service log file (``nsup reopen-logs``, SIGUSR1); return the errors."""
+        return self.routes.reopen()
 
     def _forget(self, name: str) -> None:
         runner = self.runners.pop(name)

@@ -1,28 +1,50 @@
-"""Checks of a valid policy against this host: users, groups and env files.
+"""Checks of a valid policy against this host: users, groups, env files and log directories.
 
 Validation (:mod:`nsup._policy.build`) looks only at the document; these
 checks look at the machine ``nsup check`` runs on: that each ``user``,
 ``group`` and ``groups`` name resolves (on the host, or in the service's
-``rootfs``), and that each ``env_file`` can be read and parsed.  The same
-lookups happen again at every start, where a failure fails that start.
+``rootfs``), that each ``env_file`` can be read and parsed, and that the
+directory of each log file exists.  The same checks happen again at every
+start, where a failure fails that start.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from .environ import env_file_keys, read_env_file
 from .identity import Unresolved, identity_problems
 from .lines import line_of
-from .model import PolicyIssue
+from .model import OutputFile, PolicyIssue
 from .validate import key_join
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from . import Policy
+    from .model import Service
 
-__all__ = ["identity_and_env_issues"]
+__all__ = ["identity_and_env_issues", "log_dir_problems"]
+
+
+def log_dir_problems(service: Service, key: str) -> list[Unresolved]:
+    """Return a problem for each log file of *service* whose directory is missing."""
+    problems = []
+    for stream in ("stdout", "stderr"):
+        target = getattr(service, stream)
+        if isinstance(target, OutputFile):
+            directory = os.path.dirname(target.file) or "/"
+            if not os.path.isdir(directory):
+                where = f"{key}.{stream}"
+                problems.append(
+                    Unresolved(
+                        where,
+                        f"{where!r} names {target.file!r}, but the directory {directory!r} "
+                        "does not exist; create it or choose another path",
+                    )
+                )
+    return problems
 
 
 def identity_and_env_issues(
@@ -42,7 +64,7 @@ def identity_and_env_issues(
     issues = []
     for name, service in policy.services.items():
         key = key_join("services", name)
-        problems = identity_problems(service, key)
+        problems = identity_problems(service, key) + log_dir_problems(service, key)
         for file_key, path in env_file_keys(service, key):
             try:
                 read_env_file(path, file_key)

@@ -29,6 +29,7 @@ __all__ = [
     "Backoff",
     "HealthProbe",
     "Limits",
+    "OutputFile",
     "PolicyIssue",
     "Probe",
     "Service",
@@ -80,6 +81,7 @@ class SupervisorConfig:
         within: ... within this many seconds make nsup give up (exit 1).
         control: the control socket path, or ``None`` for the default.
         health: ``(host, port)`` for the HTTP health endpoint, or ``None``.
+        timestamps: prefix each ``NAME | line`` with its RFC 3339 time.
 
     """
 
@@ -88,6 +90,7 @@ class SupervisorConfig:
     within: float = 60.0
     control: str | None = None
     health: tuple[str, int] | None = None
+    timestamps: bool = False
 
 
 @attrs.frozen
@@ -171,6 +174,23 @@ class HealthProbe:
     retries: int = 3
 
 
+@attrs.frozen
+class OutputFile:
+    """A log file that nsup writes a service's output to: ``stdout = { file = "..." }``.
+
+    Attributes:
+        file: the absolute path; lines are appended.
+        max_size: rotate before a line would take the file past this many
+            bytes; ``None`` never rotates.
+        backups: how many rotated files to keep (``FILE.1`` the newest).
+
+    """
+
+    file: str
+    max_size: int | None = None
+    backups: int = 5
+
+
 IdMap = tuple[tuple[int, int, int], ...]
 
 
@@ -193,7 +213,8 @@ class Service:
         ready: readiness probe, or ``None`` (ready once started).
         health: health probe, or ``None``.
         instances: how many copies to run.
-        stdout: ``"inherit"``, ``"null"`` or an absolute file path (appended).
+        stdout: ``"inherit"``, ``"null"``, ``"journal"``, ``"syslog"``, or an
+            :class:`OutputFile` (a plain path is one without rotation).
         stderr: same as ``stdout``.
         mounts: mounts made in the new mount namespace, in order.
         uid_map: ``(inside, outside, count)`` lines for ``/proc/PID/uid_map``;
@@ -230,8 +251,8 @@ class Service:
     ready: Probe | None = None
     health: HealthProbe | None = None
     instances: int = 1
-    stdout: str = "inherit"
-    stderr: str = "inherit"
+    stdout: str | OutputFile = "inherit"
+    stderr: str | OutputFile = "inherit"
     mounts: tuple[Mount, ...] = ()
     uid_map: IdMap = ()
     gid_map: IdMap = ()

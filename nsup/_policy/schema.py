@@ -21,7 +21,7 @@ import attrs
 
 from .._mount import MOUNT_TYPES, Mount
 from .bounds import MAX_INSTANCES
-from .model import RLIMITS, Backoff, HealthProbe, Limits, Probe, Stop
+from .model import RLIMITS, Backoff, HealthProbe, Limits, OutputFile, Probe, Stop
 from .validate import (
     Invalid,
     Problem,
@@ -56,6 +56,7 @@ __all__ = [
     "HEALTH_FIELDS",
     "LIMITS_FIELDS",
     "MOUNT_FIELDS",
+    "OUTPUT_FIELDS",
     "READY_FIELDS",
     "SERVICE_FIELDS",
     "STOP_FIELDS",
@@ -148,6 +149,7 @@ SUPERVISOR_FIELDS: Mapping[str, Validator] = {
     "within": duration(),
     "control": string(max_length=_SOCKET_PATH_MAX),
     "health": host_port(),
+    "timestamps": boolean(),
 }
 
 
@@ -280,6 +282,36 @@ MOUNT_FIELDS: Mapping[str, Validator] = {
     "mode": file_mode(),
 }
 
+OUTPUT_WORDS = ("inherit", "null", "journal", "syslog")
+
+OUTPUT_FIELDS: Mapping[str, Validator] = {
+    "file": absolute_path(),
+    "max_size": size(),
+    "backups": integer(0, 1000),
+}
+
+
+@attrs.frozen
+class _OutputValidator:
+    """``stdout``/``stderr``: a word, a path, or ``{ file = ..., max_size = ..., backups = ... }``."""
+
+    table: Validator = _TableValidator(OUTPUT_FIELDS, lambda t: OutputFile(**t), required=("file",))
+
+    def __call__(self, key: str, value: object) -> str | OutputFile:
+        if isinstance(value, dict):
+            return self.table(key, value)  # type: ignore[no-any-return]  # the table's make returns an OutputFile
+        if isinstance(value, str) and value in OUTPUT_WORDS:
+            return value
+        if not isinstance(value, str) or not value.startswith("/"):
+            words = ", ".join(map(repr, OUTPUT_WORDS))
+            raise Invalid.at(
+                key,
+                f"{key!r} must be {words}, an absolute file path or "
+                f"{{ file = PATH, max_size = SIZE, backups = N }} (got {show(value)})",
+            )
+        return OutputFile(file=absolute_path()(key, value))
+
+
 SERVICE_FIELDS: Mapping[str, Validator] = {
     "command": command(),
     "depends_on": string_list(),
@@ -304,8 +336,8 @@ SERVICE_FIELDS: Mapping[str, Validator] = {
         },
     ),
     "instances": integer(minimum=1, maximum=MAX_INSTANCES),
-    "stdout": absolute_path("inherit", "null"),
-    "stderr": absolute_path("inherit", "null"),
+    "stdout": _OutputValidator(),
+    "stderr": _OutputValidator(),
     "mounts": _ListOfTablesValidator(
         _TableValidator(MOUNT_FIELDS, lambda t: Mount(**t), _check_mount, ("type", "target"))
     ),
