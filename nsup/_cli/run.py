@@ -66,7 +66,7 @@ def register(subparsers: Any) -> None:
         "--log-format",
         choices=("text", "json"),
         default="text",
-        help="nsup's own event lines on stderr",
+        help="nsup's own event lines on stderr, and service lines on stdout, as text or JSON",
     )
     parser.add_argument(
         "--control",
