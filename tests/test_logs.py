@@ -322,3 +322,60 @@ def test_check_reports_a_missing_log_directory(tmp_path):
         f"nsup: {policy}:3: 'services.web.stdout' names '{tmp_path}/no/out.log', but the directory "
         f"'{tmp_path}/no' does not exist; create it or choose another path\n"
     ) == result.stderr
+
+
+# --- a real syslog daemon ----------------------------------------------------------------
+
+RSYSLOG_CONF = """\
+global(workDirectory="{dir}")
+module(load="imuxsock" SysSock.Use="off")
+input(type="imuxsock" Socket="{sock}" UseSpecialParser="off" ParseHostname="on" UseSysTimeStamp="off")
+template(name="fields" type="string" string="%app-name%|%procid%|%syslogseverity%|%msg%\\n")
+*.* action(type="omfile" file="{out}" template="fields")
+"""
+
+
+@pytest.fixture
+def rsyslogd(tmp_path, monkeypatch):
+    """A real rsyslogd listening on a socket of the test's own, writing what it parsed to a file."""
+    binary = next((p for p in ("/usr/sbin/rsyslogd", "/sbin/rsyslogd") if os.path.exists(p)), None)
+    if binary is None:
+        pytest.skip("rsyslogd is not installed (Debian's package 'rsyslog' provides it)")
+    sock, out = tmp_path / "rsyslog.sock", tmp_path / "rsyslog.out"
+    conf = tmp_path / "rsyslog.conf"
+    conf.write_text(RSYSLOG_CONF.format(dir=tmp_path, sock=sock, out=out))
+    daemon = subprocess.Popen(
+        [binary, "-n", "-f", str(conf), "-i", str(tmp_path / "rsyslog.pid")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                pytest.skip(f"rsyslogd could not start: {daemon.communicate(timeout=5)[0]!r}")
+            time.sleep(0.02)
+        monkeypatch.setenv("NSUP_SYSLOG_SOCKET", str(sock))
+        yield out
+    finally:
+        if daemon.poll() is None:
+            daemon.terminate()
+        daemon.communicate(timeout=20)
+
+
+async def test_a_real_rsyslogd_parses_our_messages(rsyslogd):
+    events = await run_once(
+        {
+            "services": {
+                "web": {"command": BOTH, "restart": "never", "stdout": "syslog", "stderr": "syslog"}
+            }
+        }
+    )
+    pid = next(e.pid for e in events if e.kind == "started")
+    # rsyslogd writes once it has parsed the datagrams: no event to wait on.
+    wait_until(
+        lambda: rsyslogd.exists() and rsyslogd.read_text().count("\n") >= 2, "rsyslogd's file"
+    )
+    assert sorted([f"web|{pid}|3|to-err", f"web|{pid}|6|to-out"]) == sorted(
+        rsyslogd.read_text().splitlines()
+    )
