@@ -11,14 +11,11 @@ import subprocess
 import sys
 
 import pytest
-import trio
-import trio.testing
-from helpers import PYTHON, run
+from helpers import PYTHON, run, run_once
 
 from nsup import Policy, ProcessSpec, SpecError
 from nsup._cli import check as _cmd_check
 from nsup._engine import prepare as _prepare
-from nsup._engine.supervisor import Supervisor
 from nsup._policy.identity import Identity, Unresolved, resolve_identity
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
@@ -215,35 +212,6 @@ env_file = ["{tmp_path}/missing.env", "{bad_env}"]
 
 
 # --- for real ---------------------------------------------------------------------
-
-
-async def run_once(policy_dict: dict) -> list:
-    """Run the policy's services once each (restart never); return the events until each ended."""
-    pol = Policy.from_dict(policy_dict)
-    names = set(pol.services)
-    events = []
-    done = trio.Event()
-    async with trio.open_nursery() as nursery:
-        sup = Supervisor(pol, nursery)
-
-        async def collect():
-            async with sup.events() as subscription:
-                async for event in subscription:
-                    events.append(event)
-                    if event.kind in {"exited", "spawn_failed"}:
-                        names.discard(event.service)
-                        if not names:
-                            done.set()
-                            return
-
-        nursery.start_soon(collect)
-        await trio.testing.wait_all_tasks_blocked()  # subscribed before the first event
-        await sup.start_all()
-        with trio.fail_after(30):
-            await done.wait()
-        await sup.stop_all()
-        nursery.cancel_scope.cancel()
-    return events
 
 
 def status_fields(text: str) -> dict[str, str]:

@@ -12,52 +12,14 @@ import sys
 import time
 
 import pytest
-import trio
-import trio.testing
-from helpers import PYTHON
+from helpers import PYTHON, run_once
 from test_logsinks import _RFC5424, parse_journal
 
 from nsup import Policy
 from nsup._engine.output import FdWriter, PrefixView
-from nsup._engine.supervisor import Supervisor
 
 TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 BOTH = ["sh", "-c", "echo to-out; echo to-err >&2"]
-
-
-async def run_once(policy_dict: dict, view=None) -> list:
-    """Run each service once (restart never) until all ended and their output is read; return the events."""
-    pol = Policy.from_dict(policy_dict)
-    names = set(pol.services)
-    events = []
-    done = trio.Event()
-    async with trio.open_nursery() as nursery:
-        sup = Supervisor(pol, nursery, view)
-        if view is not None:
-            nursery.start_soon(view.writer.run)
-
-        async def collect():
-            async with sup.events() as subscription:
-                async for event in subscription:
-                    events.append(event)
-                    if event.kind in {"exited", "spawn_failed"}:
-                        names.discard(event.service)
-                        if not names:
-                            done.set()
-                            return
-
-        nursery.start_soon(collect)
-        await trio.testing.wait_all_tasks_blocked()  # subscribed before the first event
-        await sup.start_all()
-        with trio.fail_after(120):
-            await done.wait()
-        await sup.stop_all()  # waits for the output pipes to reach EOF
-        if view is not None:
-            with trio.fail_after(10):
-                await view.writer.flush()
-        await sup.close_output()
-        nursery.cancel_scope.cancel()
-    return events
 
 
 @pytest.fixture

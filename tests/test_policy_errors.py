@@ -94,11 +94,38 @@ CASES = {
                 3,
                 "services.web.stdout",
                 (
-                    "'services.web.stdout' must be 'inherit', 'null' or an absolute file path "
+                    "'services.web.stdout' must be 'inherit', 'null', 'journal', 'syslog', an "
+                    "absolute file path or { file = PATH, max_size = SIZE, backups = N } "
                     "(got 'log.txt')"
                 ),
             )
         ],
+    ),
+    "stdout-table": (
+        W + 'stderr = { max_size = "0", backups = 1001, rotate = true }',
+        [
+            (
+                3,
+                "services.web.stderr.rotate",
+                "'services.web.stderr.rotate' is not a known key; known keys are 'file', "
+                "'max_size' and 'backups'",
+            ),
+            (3, "services.web.stderr", "'services.web.stderr' is missing the required key 'file'"),
+            (
+                3,
+                "services.web.stderr.max_size",
+                "'services.web.stderr.max_size' must be positive (got '0')",
+            ),
+            (
+                3,
+                "services.web.stderr.backups",
+                "'services.web.stderr.backups' must be at most 1000 (got 1001)",
+            ),
+        ],
+    ),
+    "timestamps-string": (
+        '[supervisor]\ntimestamps = "yes"\n' + W,
+        [(2, "supervisor.timestamps", "'supervisor.timestamps' must be true or false (got 'yes')")],
     ),
     "env-int": (
         W + "env = { PORT = 8080 }",

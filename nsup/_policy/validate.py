@@ -40,6 +40,7 @@ __all__ = [
     "command",
     "did_you_mean",
     "duration",
+    "each_item",
     "env_table",
     "file_mode",
     "host_port",
@@ -589,6 +590,20 @@ def id_or_name(maximum: int) -> Validator:
     return _IdOrNameValidator(maximum)
 
 
+def each_item(key: str, items: list[object], check: Validator) -> list[Any]:
+    """Check each of *items* as ``KEY[i]``; return the typed items, or raise every problem at once."""
+    result = []
+    problems: list[Problem] = []
+    for i, item in enumerate(items):
+        try:
+            result.append(check(f"{key}[{i}]", item))
+        except Invalid as exc:
+            problems += exc.problems
+    if problems:
+        raise Invalid(problems)
+    return result
+
+
 @attrs.frozen
 class _IdOrNameListValidator:
     item: _IdOrNameValidator
@@ -598,16 +613,7 @@ class _IdOrNameListValidator:
             raise Invalid.at(
                 key, f"{key!r} must be a list of group names or numbers (got {show(value)})"
             )
-        result = []
-        problems = []
-        for i, item in enumerate(value):
-            try:
-                result.append(self.item(f"{key}[{i}]", item))
-            except Invalid as exc:
-                problems += exc.problems
-        if problems:
-            raise Invalid(problems)
-        return tuple(dict.fromkeys(result))
+        return tuple(dict.fromkeys(each_item(key, value, self.item)))
 
 
 def id_or_name_list(maximum: int) -> Validator:
@@ -624,16 +630,7 @@ class _PathListValidator:
             raise Invalid.at(
                 key, f"{key!r} must be an absolute path or a list of them (got {show(value)})"
             )
-        result = []
-        problems = []
-        for i, item in enumerate(value):
-            try:
-                result.append(_AbsolutePathValidator(())(f"{key}[{i}]", item))
-            except Invalid as exc:
-                problems += exc.problems
-        if problems:
-            raise Invalid(problems)
-        return tuple(result)
+        return tuple(each_item(key, value, _AbsolutePathValidator(())))
 
 
 def path_list() -> Validator:
