@@ -107,8 +107,10 @@ CASES = {
             (
                 3,
                 "services.web.stderr.rotate",
-                "'services.web.stderr.rotate' is not a known key; known keys are 'file', "
-                "'max_size' and 'backups'",
+                (
+                    "'services.web.stderr.rotate' is not a known key; known keys are 'file', "
+                    "'max_size' and 'backups'"
+                ),
             ),
             (3, "services.web.stderr", "'services.web.stderr' is missing the required key 'file'"),
             (
