@@ -11,6 +11,9 @@ import pytest
 
 from nsup._engine.logfile import LogFile, LogFiles
 from nsup._engine.logsocket import DatagramLog, journal_entry, rfc3339, syslog_message
+from nsup._engine.output import Line
+from nsup._engine.routes import OutputRoutes
+from nsup._policy.model import OutputFile
 
 
 def rotated(path) -> list:
@@ -203,3 +206,18 @@ def test_an_absent_or_full_receiver_costs_lines_never_a_wait(receiver, tmp_path,
     assert 0 < sent < 5000
     assert 5000 - sent == full.dropped
     assert os.strerror(11) in full.error
+
+
+def test_routes_count_what_their_targets_dropped(tmp_path, monkeypatch):
+    monkeypatch.setenv("NSUP_JOURNAL_SOCKET", str(tmp_path / "absent.sock"))
+    routes = OutputRoutes(lambda line: None)
+    journal = routes.sink("journal", 7)
+    for _ in range(3):
+        journal(Line("web", "stdout", 0.0, b"x"))
+    to_file = routes.sink(OutputFile(str(tmp_path / "no" / "out.log")), 7)
+    to_file(Line("web", "stderr", 0.0, b"x"))
+    assert {
+        str(tmp_path / "absent.sock"): 3,
+        str(tmp_path / "no" / "out.log"): 1,
+    } == routes.dropped()
+    routes.close()
