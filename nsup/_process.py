@@ -350,6 +350,8 @@ def _request(spec: ProcessSpec, targets: list[int], rootfs: str | None) -> dict[
         "rlimits": [(name, RLIMITS[name], value) for name, value in spec.limits.rlimits.items()],
         "uid": -1 if spec.user is None else spec.user,
         "gid": -1 if spec.group is None else spec.group,
+        "groups": None if spec.groups is None else list(spec.groups),
+        "umask": -1 if spec.umask is None else spec.umask,
         "caps": None if spec.capabilities is None else mask_of(spec.capabilities),
         "cap_last": cap_last_cap() if spec.capabilities is not None else 0,
         "nnp": spec.effective_no_new_privs,

@@ -179,6 +179,31 @@ def _id(value: object) -> int | None:
     return value
 
 
+def _groups(value: object) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise SpecError(f"'groups' must be a list of numeric gids, or None (got {value!r})")
+    groups = tuple(value)
+    for gid in groups:
+        if not _is_int(gid) or not 0 <= gid < 2**32 - 1:
+            raise SpecError(
+                f"'groups' items must be numeric gids from 0 to 4294967294 (got {gid!r})"
+            )
+    return tuple(dict.fromkeys(groups))
+
+
+def _umask(value: object) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value) or not 0 <= value <= 0o777:  # type: ignore[operator]  # checked to be an int
+        raise SpecError(
+            f"'umask' must be an integer from 0 to 0o777, such as 0o027 (got {value!r})"
+        )
+    assert isinstance(value, int)  # noqa: S101 - checked just above
+    return value
+
+
 def _capabilities(value: object) -> frozenset[str] | None:
     if value is None:
         return None
@@ -266,7 +291,13 @@ class ProcessSpec:
             alone, except that a hardened spec loses ``CAP_SYS_ADMIN`` (so it
             cannot remount what was made read-only); list it to keep it.
         user, group: numeric uid and gid to run as inside, set after mounts
-            and before exec (supplementary groups are cleared).
+            and before exec.  Names are the policy's business
+            (``nsup.Policy`` resolves them); here they are numbers.
+        groups: the supplementary gids, set with ``setgroups`` before the
+            gid and uid; ``None`` (default) means ``[group]`` (or none) when
+            ``user`` or ``group`` is given, and unchanged otherwise.
+        umask: the file mode creation mask (``0o027``) set before exec;
+            ``None`` (default) keeps the supervisor's.
 
     Raises:
         nsup.SpecError: an argument is invalid; the message says what to change.
@@ -295,6 +326,8 @@ class ProcessSpec:
     capabilities: frozenset[str] | None = attrs.field(default=None, converter=_capabilities)
     user: int | None = attrs.field(default=None, converter=_id)
     group: int | None = attrs.field(default=None, converter=_id)
+    groups: tuple[int, ...] | None = attrs.field(default=None, converter=_groups)
+    umask: int | None = attrs.field(default=None, converter=_umask)
 
     join: Process | None = attrs.field(default=None, eq=False, repr=False)
 

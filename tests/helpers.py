@@ -7,8 +7,10 @@ import sys
 from typing import Any
 
 import trio
+import trio.testing
 
 import nsup
+from nsup._engine.supervisor import Supervisor
 
 # A Python every user can run (root's pyenv lives in a private home), started
 # bare: used for children that need a little logic, such as signal handlers.
@@ -43,3 +45,42 @@ async def run(argv: list[str], **kwargs: Any) -> tuple[nsup.ExitStatus, str]:
         out = await read_all(proc.stdout)
         status = await proc.wait()
     return status, out.decode()
+
+
+async def run_once(policy_dict: dict, view: Any = None) -> list:
+    """Run each service of the policy once (restart never) until all ended; return the events.
+
+    With a *view* (an ``output.PrefixView``), its writer runs too and is flushed
+    before returning; the output pipes are read to EOF either way.
+    """
+    pol = nsup.Policy.from_dict(policy_dict)
+    names = set(pol.services)
+    events = []
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        sup = Supervisor(pol, nursery, view)
+        if view is not None:
+            nursery.start_soon(view.writer.run)
+
+        async def collect() -> None:
+            async with sup.events() as subscription:
+                async for event in subscription:
+                    events.append(event)
+                    if event.kind in {"exited", "spawn_failed"}:
+                        names.discard(event.service)
+                        if not names:
+                            done.set()
+                            return
+
+        nursery.start_soon(collect)
+        await trio.testing.wait_all_tasks_blocked()  # subscribed before the first event
+        await sup.start_all()
+        with trio.fail_after(120):
+            await done.wait()
+        await sup.stop_all()  # waits for the output pipes to reach EOF
+        if view is not None:
+            with trio.fail_after(10):
+                await view.writer.flush()
+        await sup.close_output()
+        nursery.cancel_scope.cancel()
+    return events

@@ -442,7 +442,7 @@ def test_malformed_requests_are_answered(start):
             "ok": False,
             "error": {
                 "code": "unknown_command",
-                "message": "unknown command 'explode'; known: ping, status, start, stop, restart, signal, reload, events",
+                "message": "unknown command 'explode'; known: ping, status, start, stop, restart, signal, reload, reopen-logs, events",
             },
             "id": "x1",
         }

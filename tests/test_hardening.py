@@ -159,7 +159,10 @@ def test_exec_hardening_flags():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--user", "nobody"], "nsup exec: --user takes a number (got 'nobody')"),
+        (
+            ["--user", "no-such-user"],
+            "nsup exec: --user names 'no-such-user', which is not a user in the host's user database",
+        ),
         (
             ["--cap", "fly"],
             "nsup exec: 'capabilities' has unknown capability 'fly'; use names such as 'CAP_NET_BIND_SERVICE' or 'net_bind_service' (see capabilities(7))",

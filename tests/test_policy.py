@@ -55,6 +55,19 @@ VALID = {
             }
         }
     },
+    "identity": {
+        "services": {
+            "a": {
+                "command": "sleep 1",
+                "user": "www-data",
+                "group": "1000",
+                "groups": ["adm", 4],
+                "umask": "027",
+                "env_file": "/etc/a.env",
+                "env_inherit": False,
+            }
+        }
+    },
     "everything": {
         "supervisor": {
             "strategy": "rest_for_one",
@@ -185,6 +198,18 @@ class TestValid:
         assert re.compile("^ok$") == b.health.log
         assert b.stop.signal == signal.SIGINT
         assert dict(b.limits.rlimits) == {"nofile": resource.RLIM_INFINITY}
+
+    def test_identity_keys(self):
+        a = Policy.from_dict(VALID["identity"]).services["a"]
+        assert ("www-data", 1000, ("adm", 4), 0o027) == (a.user, a.group, a.groups, a.umask)
+        assert (("/etc/a.env",), False) == (a.env_file, a.env_inherit)
+        plain = Policy.from_dict(VALID["minimal"]).services["a"]
+        assert (None, None, (), True) == (
+            plain.groups,
+            plain.umask,
+            plain.env_file,
+            plain.env_inherit,
+        )
 
     def test_hardening_keys(self):
         a = Policy.from_dict(VALID["hardened"]).services["a"]

@@ -21,6 +21,7 @@ from nsup._policy.model import (
     Backoff,
     HealthProbe,
     Limits,
+    OutputFile,
     Probe,
     Service,
     Stop,
@@ -31,6 +32,7 @@ from nsup._policy.schema import (
     HEALTH_FIELDS,
     LIMITS_FIELDS,
     MOUNT_FIELDS,
+    OUTPUT_FIELDS,
     READY_FIELDS,
     SERVICE_FIELDS,
     STOP_FIELDS,
@@ -47,6 +49,7 @@ TABLES = {
     "services.NAME.limits": (LIMITS_FIELDS, Limits),
     "services.NAME.ready": (READY_FIELDS, Probe),
     "services.NAME.health": (HEALTH_FIELDS, HealthProbe),
+    "services.NAME.stdout": (OUTPUT_FIELDS, OutputFile),
     "services.NAME.mounts[]": (MOUNT_FIELDS, Mount),
 }
 # Model attributes that are not keys: the probe kind is which key was given,

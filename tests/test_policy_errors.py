@@ -16,13 +16,15 @@ from nsup._policy import load_policy
 W = '[services.web]\ncommand = "x"\n'
 SERVICE_KEYS = (
     "'command', 'depends_on', 'restart', 'backoff', 'namespaces', 'init', 'hostname', "
-    "'env', 'cwd', 'stop', 'limits', 'ready', 'health', 'instances', 'stdout', 'stderr', "
-    "'mounts', 'rootfs', 'uid_map', 'gid_map', 'user', 'group', 'capabilities' and "
-    "'no_new_privs'"
+    "'env', 'env_file', 'env_inherit', 'cwd', 'stop', 'limits', 'ready', 'health', "
+    "'instances', 'stdout', 'stderr', 'mounts', 'rootfs', 'uid_map', 'gid_map', 'user', "
+    "'group', 'groups', 'umask', 'capabilities' and 'no_new_privs'"
 )
 DURATION = "a duration such as '250ms', '5s', '2m', '1h' or '1m30s', or a number of seconds"
 SIZE = "a size such as '64K', '256M' or '1G' (binary multiples), or a number of bytes"
 SIGNAL = "a signal name such as 'SIGTERM' or 'TERM', or a signal number"
+ID_OR_NAME = "a name such as 'www-data' or a number from 0 to 4294967294"
+UMASK = "a umask: an octal string such as '027' or an integer from 0 to 511"
 ONE_PROBE = "must have exactly one of 'notify', 'tcp', 'exec' or 'log'"
 ONE_HEALTH = "must have exactly one of 'tcp', 'exec' or 'log'"
 NO_SERVICES = "'services' must be a table with at least one [services.NAME] table"
@@ -92,11 +94,40 @@ CASES = {
                 3,
                 "services.web.stdout",
                 (
-                    "'services.web.stdout' must be 'inherit', 'null' or an absolute file path "
+                    "'services.web.stdout' must be 'inherit', 'null', 'journal', 'syslog', an "
+                    "absolute file path or { file = PATH, max_size = SIZE, backups = N } "
                     "(got 'log.txt')"
                 ),
             )
         ],
+    ),
+    "stdout-table": (
+        W + 'stderr = { max_size = "0", backups = 1001, rotate = true }',
+        [
+            (
+                3,
+                "services.web.stderr.rotate",
+                (
+                    "'services.web.stderr.rotate' is not a known key; known keys are 'file', "
+                    "'max_size' and 'backups'"
+                ),
+            ),
+            (3, "services.web.stderr", "'services.web.stderr' is missing the required key 'file'"),
+            (
+                3,
+                "services.web.stderr.max_size",
+                "'services.web.stderr.max_size' must be positive (got '0')",
+            ),
+            (
+                3,
+                "services.web.stderr.backups",
+                "'services.web.stderr.backups' must be at most 1000 (got 1001)",
+            ),
+        ],
+    ),
+    "timestamps-string": (
+        '[supervisor]\ntimestamps = "yes"\n' + W,
+        [(2, "supervisor.timestamps", "'supervisor.timestamps' must be true or false (got 'yes')")],
     ),
     "env-int": (
         W + "env = { PORT = 8080 }",
@@ -842,21 +873,85 @@ CASES = {
     ),
     "user-negative": (
         W + "user = -1",
-        [(3, "services.web.user", "'services.web.user' must not be negative (got -1)")],
+        [(3, "services.web.user", f"'services.web.user' must be {ID_OR_NAME} (got -1)")],
     ),
     "group-too-large": (
         W + "group = 4294967295",
+        [(3, "services.web.group", f"'services.web.group' must be {ID_OR_NAME} (got 4294967295)")],
+    ),
+    "user-bad-name": (
+        W + 'user = "www:data"',
+        [(3, "services.web.user", f"'services.web.user' must be {ID_OR_NAME} (got 'www:data')")],
+    ),
+    "groups-not-a-list": (
+        W + 'groups = "adm"',
         [
             (
                 3,
-                "services.web.group",
-                "'services.web.group' must be at most 4294967294 (got 4294967295)",
+                "services.web.groups",
+                "'services.web.groups' must be a list of group names or numbers (got 'adm')",
             )
         ],
     ),
-    "user-name": (
-        W + 'user = "nobody"',
-        [(3, "services.web.user", "'services.web.user' must be an integer (got 'nobody')")],
+    "groups-bad-item": (
+        W + 'groups = ["adm", true]',
+        [
+            (
+                3,
+                "services.web.groups[1]",
+                f"'services.web.groups[1]' must be {ID_OR_NAME} (got true)",
+            )
+        ],
+    ),
+    "umask-not-octal": (
+        W + 'umask = "0888"',
+        [
+            (
+                3,
+                "services.web.umask",
+                f"'services.web.umask' must be {UMASK} (got '0888')",
+            )
+        ],
+    ),
+    "umask-too-large": (
+        W + 'umask = "1777"',
+        [
+            (
+                3,
+                "services.web.umask",
+                f"'services.web.umask' must be {UMASK} (got '1777')",
+            )
+        ],
+    ),
+    "env-file-relative": (
+        W + 'env_file = ["/etc/a.env", "b.env"]',
+        [
+            (
+                3,
+                "services.web.env_file[1]",
+                "'services.web.env_file[1]' must be an absolute path (got 'b.env')",
+            )
+        ],
+    ),
+    "env-file-number": (
+        W + "env_file = 1",
+        [
+            (
+                3,
+                "services.web.env_file",
+                "'services.web.env_file' must be an absolute path or a list of them (got 1)",
+            )
+        ],
+    ),
+    "env-inherit-string": (
+        W + 'env_inherit = "no"',
+        [
+            (
+                3,
+                "services.web.env_inherit",
+                "'services.web.env_inherit' must be true or false (got 'no')",
+            )
+        ],
     ),
     "capabilities-unknown": (
         W + 'capabilities = ["net_bind_service", "cap_fly"]',

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import PolicyError
 from .._policy import Policy, load_policy
+from .._policy.hostcheck import identity_and_env_issues
+from .._policy.lines import key_lines
 
 if TYPE_CHECKING:
     import argparse
@@ -95,8 +97,20 @@ def run(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         errors: list[Any] = list(exc.errors)
         return _fail(args, [e.to_json() for e in errors], [str(e) for e in errors])
+    host = identity_and_env_issues(policy, _lines(args.policy))
+    if host:
+        return _fail(args, [e.to_json() for e in host], [str(e) for e in host])
     _print_valid(args, policy)
     return 0
+
+
+def _lines(path: str) -> dict[str, int]:
+    """Return the policy file's key lines (it was just read, so it reads again)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return key_lines(file.read())
+    except (OSError, ValueError):
+        return {}
 
 
 def _print_valid(args: argparse.Namespace, policy: Policy) -> None:

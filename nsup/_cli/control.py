@@ -1,4 +1,4 @@
-"""``nsup status|start|stop|restart|signal|reload|events``: steer a running ``nsup run``.
+"""``nsup status|start|stop|restart|signal|reload|reopen-logs|events``: steer a running ``nsup run``.
 
 Each command opens the supervisor's control socket (``--control PATH``, or
 the one ``--policy FILE`` names, or ``$NSUP_CONTROL``, or the only socket in
@@ -107,6 +107,13 @@ def register(subparsers: Any) -> None:
     sig.add_argument("signal", metavar="SIG", help="a name (HUP, SIGHUP) or a number")
     _add(
         subparsers, "reload", "make a running nsup re-read its policy (like SIGHUP)", _reload, None
+    )
+    _add(
+        subparsers,
+        "reopen-logs",
+        "make a running nsup reopen every service log file (like SIGUSR1), after logrotate",
+        _reopen_logs,
+        None,
     )
     events = _add(subparsers, "events", "follow the event stream of a running nsup", _events, 10.0)
     events.add_argument("--json", action="store_true", help="one JSON object per event")
@@ -246,6 +253,15 @@ def _reload(args: argparse.Namespace) -> int:
             "; ".join(f"{k}: {', '.join(v)}" for k, v in outcome.items() if v) or "nothing changed"
         )
         _out(f"reloaded ({summary})")
+        return EXIT_OK
+
+    return _call(args, body)
+
+
+def _reopen_logs(args: argparse.Namespace) -> int:
+    def body(client: ControlClient) -> int:
+        reply = client.request("reopen-logs")
+        _out(f"reopened {len(reply.get('files') or [])} log files")
         return EXIT_OK
 
     return _call(args, body)

@@ -25,6 +25,7 @@ from .._policy.schema import LIMITS_FIELDS, make_limits
 from .._policy.validate import check_table, did_you_mean
 from .._process import spawn
 from .._spec import ProcessSpec
+from . import exec_identity
 
 __all__ = ["register", "run"]
 
@@ -37,6 +38,7 @@ examples:
 
   nsup exec --memory 256M --pids 64 --cpu 0.5 --rlimit nofile=1024 -- ./worker
   nsup exec --rootfs /srv/alpine --user 1000 --group 1000 --no-new-privs -- /bin/sh
+  nsup exec --user www-data --umask 027 --clear-env --env-file /etc/web.env -- ./server
   nsup exec --cap net_bind_service --user 1000 -- ./server   # only that capability
 
 exit status: the command's, or 128+N if signal N killed it (an OOM kill is
@@ -113,8 +115,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="keep only this capability, e.g. net_bind_service (repeatable; --cap none drops all)",
     )
-    parser.add_argument("--user", metavar="UID", help="numeric uid to run as inside")
-    parser.add_argument("--group", metavar="GID", help="numeric gid to run as inside")
+    exec_identity.add_flags(parser)
     parser.add_argument(
         "--env", metavar="K=V", action="append", default=[], help="set a variable (repeatable)"
     )
@@ -142,12 +143,13 @@ def build_spec(args: argparse.Namespace) -> ProcessSpec:
         command = command[1:]
     if not command:
         raise SpecError("nsup exec needs a command: nsup exec [OPTIONS] -- CMD [ARG...]")
-    env = dict(os.environ)
+    env = {}
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SpecError(f"--env takes K=V (got {item!r})")
         env[key] = value
+    identity, umask, env = exec_identity.resolve(args, env)
     try:
         mounts = [_bind(v, readonly=False) for v in args.bind]
         mounts += [_bind(v, readonly=True) for v in args.ro_bind]
@@ -179,18 +181,11 @@ def build_spec(args: argparse.Namespace) -> ProcessSpec:
         rootfs=None if args.rootfs is None else os.path.abspath(args.rootfs),
         no_new_privs=args.no_new_privs or None,  # unset: the hardening default decides
         capabilities=capabilities,
-        user=_number("--user", args.user),
-        group=_number("--group", args.group),
+        user=identity.uid,
+        group=identity.gid,
+        groups=identity.groups,
+        umask=umask,
     )
-
-
-def _number(flag: str, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise SpecError(f"{flag} takes a number (got {value!r})") from None
 
 
 def _limits(args: argparse.Namespace) -> Limits:

@@ -62,7 +62,8 @@ def register(subparsers: Any) -> None:
         "run",
         help="supervise a policy in the foreground",
         description="Start the services of POLICY.toml and keep them running by its rules.",
-        epilog="signals: TERM/INT stop gracefully and exit 0; HUP reloads the policy.\n"
+        epilog="signals: TERM/INT stop gracefully and exit 0; HUP reloads the policy; "
+        "USR1 reopens the log files.\n"
         "exit status: 0 clean stop, 1 gave up (restart intensity exceeded) or every service\n"
         "ended and some failed, 2 invalid policy, 70 internal error (every service stopped).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -72,7 +73,7 @@ def register(subparsers: Any) -> None:
         "--log-format",
         choices=("text", "json"),
         default="text",
-        help="nsup's own event lines on stderr",
+        help="nsup's own event lines on stderr, and service lines on stdout, as text or JSON",
     )
     parser.add_argument(
         "--control",
@@ -207,16 +208,25 @@ async def _reload_on_hup(sup: Supervisor, path: str, log: _Logger) -> None:
         await _reload(sup, path, log)
 
 
+def _reopen_logs(sup: Supervisor, log: _Logger) -> None:
+    """SIGUSR1: reopen every service log file (after an external logrotate)."""
+    errors = sup.reopen_logs()
+    for error in errors:
+        log.line(f"could not reopen a log file: {error}")
+    log.line(f"reopened {len(sup.routes.files.files)} log files")
+
+
 async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.socket | None) -> int:
     policy = load_policy(path)
-    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
     with trio.open_signal_receiver(*signals) as receiver:
         async with trio.open_nursery() as nursery:
             await nursery.start(log.serve)
             out = FdWriter(1)
             out.on_drop = lambda name, n: log.line(f"dropped {n} lines of {name}", service=name)
             nursery.start_soon(out.run)
-            sup = Supervisor(policy, nursery, PrefixView(out))
+            view = PrefixView(out, timestamps=policy.supervisor.timestamps, json=log.fmt == "json")
+            sup = Supervisor(policy, nursery, view)
             # A listener, not a subscription: nsup's own log is never dropped for lagging
             # (log.event only queues the line for the bounded stderr writer).
             sup.bus.add_listener(log.event)
@@ -246,6 +256,8 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
                         await _reap_orphans_when_safe()
                     elif signo == signal.SIGHUP:
                         nursery.start_soon(_reload_on_hup, sup, path, log)
+                    elif signo == signal.SIGUSR1:
+                        _reopen_logs(sup, log)
                     elif not server.stopping:
                         log.line(f"{signal.Signals(signo).name}: stopping every service")
                         server.stopping = True
@@ -263,11 +275,16 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
             nursery.cancel_scope.cancel()
     for name, n in unreported.items():
         log.line(f"dropped {n} lines of {name}", service=name)
+    return _exit_code(sup, log, stopped=server.stopping)
+
+
+def _exit_code(sup: Supervisor, log: _Logger, *, stopped: bool) -> int:
+    """Say why nsup ends, and return its exit code: 1 after a give-up or failures, else 0."""
     if sup.gave_up is not None:
         log.line(str(sup.gave_up), service=sup.gave_up.service)
         return 1
     failed = sup.failed()
-    if failed and not server.stopping:
+    if failed and not stopped:
         log.line(f"every service has ended; failed: {', '.join(failed)}", failed=failed)
         return 1
     log.line("every service is down; exiting")

@@ -25,7 +25,7 @@ The steps:
    mounts (read-only ones made so with ``mount_setattr(AT_RECURSIVE)``, or
    a remount where the kernel lacks it), a fresh ``/proc`` when there is
    also a new PID namespace, and ``pivot_root`` into the rootfs;
-6. hostname, loopback up, working directory;
+6. hostname, loopback up, working directory, umask;
 7. rlimits, then the capabilities the hardening defaults remove
    (``drop_caps``: from the bounding set and every other set), then
    supplementary groups, gid and uid, then capabilities (bounding set
@@ -200,7 +200,7 @@ def _credentials(req: dict[str, Any]) -> None:
                 _stage("drop capabilities", _sys.prctl, _sys.PR_CAPBSET_DROP, cap)
         if uid >= 0:
             _stage("drop capabilities", _sys.prctl, _sys.PR_SET_KEEPCAPS, 1)
-    _switch_ids(uid, gid)
+    _switch_ids(uid, gid, req["groups"])
     if caps is not None:
         _keep_caps(caps, req["cap_last"])
     if req["nnp"]:
@@ -221,8 +221,10 @@ def _drop_caps(drop: int) -> None:
     _stage("drop capabilities", _sys.capset, effective & keep, permitted & keep, inheritable & keep)
 
 
-def _switch_ids(uid: int, gid: int) -> None:
-    if uid >= 0 or gid >= 0:
+def _switch_ids(uid: int, gid: int, groups: list[int] | None) -> None:
+    if groups is not None:
+        _stage("setgroups", os.setgroups, groups)
+    elif uid >= 0 or gid >= 0:
         _stage("setgroups", os.setgroups, [gid] if gid >= 0 else [])
     if gid >= 0:
         _stage(f"setgid {gid}", os.setresgid, gid, gid, gid)
@@ -290,7 +292,7 @@ def _setup(req: dict[str, Any], fds: list[int], supervisor_pidfd: int, sync_fd: 
         if req["ns_root"]:
             # Root mapped 0 inside to an unprivileged id outside: become that 0 now, before
             # any mount, so that what the child does is done as that id, not as the host's root.
-            _switch_ids(0, 0)
+            _switch_ids(0, 0, None)
     if req["setsid"]:
         os.setsid()
     if flags & CLONE_FLAGS["mount"]:
@@ -301,6 +303,8 @@ def _setup(req: dict[str, Any], fds: list[int], supervisor_pidfd: int, sync_fd: 
         _stage("loopback up", _loopback_up)
     if req["cwd"] is not None:
         _stage(f"chdir {req['cwd']}", os.chdir, req["cwd"])
+    if req["umask"] >= 0:
+        os.umask(req["umask"])
     _credentials(req)
 
 

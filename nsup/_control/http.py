@@ -154,6 +154,9 @@ def render_metrics(sup: Supervisor, now: float | None = None) -> str:
     family("nsup_service_output_dropped_lines_total", "counter",
            "Lines of the service's output dropped because nsup's stdout was not read fast enough.",
            [(label(n), float(dropped.get(n, 0))) for n in statuses])  # fmt: skip
+    family("nsup_log_dropped_lines_total", "counter",
+           "Lines a log file, the journal or syslog did not take (a failed write, an absent or full receiver).",
+           [(f'{{target="{_escape(t)}"}}', float(n)) for t, n in sorted(sup.routes.dropped().items())])  # fmt: skip
     states = ("down", "starting", "up", "stopping", "restarting", "backoff", "ended")
     family("nsup_service_state", "gauge", "1 for the service's current state.",
            [(label(n, state=st), float(s.state == st)) for n, s in statuses.items() for st in states])  # fmt: skip

@@ -351,6 +351,7 @@ class ControlServer:
             "restart": self._cmd_restart,
             "signal": self._cmd_signal,
             "reload": self._cmd_reload,
+            "reopen-logs": self._cmd_reopen_logs,
         }
 
     def statistics(self) -> dict[str, int]:
@@ -546,6 +547,13 @@ class ControlServer:
         if not sent:
             raise _RequestError("not_running", f"no instance of {name!r} is running", service=name)
         return {"name": name, "signal": signal.Signals(signo).name, "sent": sent}
+
+    async def _cmd_reopen_logs(self, request: dict[str, Any]) -> dict[str, Any]:
+        del request
+        errors = self.sup.reopen_logs()
+        if errors:
+            raise _RequestError("reopen_failed", f"could not reopen: {'; '.join(errors)}")
+        return {"files": sorted(self.sup.routes.files.files)}
 
     async def _cmd_reload(self, request: dict[str, Any]) -> dict[str, Any]:
         del request

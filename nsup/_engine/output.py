@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import json as _json
 import os
 import re
 import select
@@ -45,6 +46,8 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 import trio
+
+from .logsocket import rfc3339
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,6 +73,9 @@ _COLOURS = (31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
+Stream = Literal["stdout", "stderr"]
+
+
 @attrs.frozen
 class Line:
     """One line a service wrote.
@@ -83,7 +89,7 @@ class Line:
     """
 
     service: str
-    stream: Literal["stdout", "stderr"]
+    stream: Stream
     time: float
     data: bytes
 
@@ -103,12 +109,17 @@ async def pump_lines(
     name: str,
     sink: Callable[[Line], None],
     hooks: list[Callable[[str], None]],
+    *,
+    which: Stream = "stdout",
 ) -> None:
-    """Read *stream* to EOF, calling ``sink(Line(...))`` and each hook per line."""
+    """Read *stream* to EOF, calling ``sink(Line(...))`` and each hook per line.
+
+    *which* is the child's stream the pipe carries; every record says so.
+    """
     pending = bytearray()
 
     def emit(raw: bytes) -> None:
-        line = Line(name, "stdout", time.time(), raw)
+        line = Line(name, which, time.time(), raw)
         sink(line)
         if hooks:
             text = line.text
@@ -325,31 +336,55 @@ class FdWriter:
 class PrefixView:
     """The ``NAME | line`` view of service output, written through an :class:`FdWriter`.
 
+    Stderr lines read ``NAME ! line``.  With *timestamps*, each line starts
+    with the time nsup read it, RFC 3339 with milliseconds.  With *json*,
+    each line is instead one JSON object: ``{"time": ..., "service": ...,
+    "stream": "stdout" | "stderr", "line": ...}`` (``--log-format json``).
+
     Args:
         writer: where the lines go.
         colour: colour the names (default: when the descriptor is a terminal).
+        timestamps: start each line with its time.
+        json: write JSON objects instead.
 
     """
 
-    def __init__(self, writer: FdWriter, *, colour: bool | None = None) -> None:
+    def __init__(
+        self,
+        writer: FdWriter,
+        *,
+        colour: bool | None = None,
+        timestamps: bool = False,
+        json: bool = False,
+    ) -> None:
         """Prepare the view."""
         self.writer = writer
-        self.colour = writer.isatty if colour is None else colour
+        self.colour = writer.isatty if colour is None and not json else bool(colour)
+        self.timestamps = timestamps
+        self.json = json
 
     def __call__(self, line: Line) -> None:
         """Queue *line*, escaped and prefixed."""
         name = line.service
+        if self.json:
+            record = {"time": rfc3339(line.time), "service": name, "stream": line.stream}
+            text = _json.dumps({**record, "line": line.text}) + "\n"
+            self.writer.put(name, text.encode("utf-8", "replace"))
+            return
         mark = "!" if line.stream == "stderr" else "|"
+        when = f"{rfc3339(line.time)} " if self.timestamps else ""
         if self.colour:
             code = _COLOURS[zlib.crc32(name.split(".", maxsplit=1)[0].encode()) % len(_COLOURS)]
-            text = f"\x1b[{code}m{name}\x1b[0m {mark} {escape(line.text)}\n"
+            text = f"{when}\x1b[{code}m{name}\x1b[0m {mark} {escape(line.text)}\n"
         else:
-            text = f"{name} {mark} {escape(line.text)}\n"
+            text = f"{when}{name} {mark} {escape(line.text)}\n"
         self.writer.put(name, text.encode("utf-8", "replace"))
 
 
 def output_sink(
-    output: Callable[[str, str], None] | PrefixView | None, nursery: trio.Nursery
+    output: Callable[[str, str], None] | PrefixView | None,
+    nursery: trio.Nursery,
+    timestamps: bool = False,
 ) -> tuple[Callable[[Line], None], FdWriter | None]:
     """Return the line sink for a supervisor's *output* argument, and its writer if nsup owns one.
 
@@ -370,4 +405,4 @@ def output_sink(
 
     writer.on_drop = notice
     nursery.start_soon(writer.run)
-    return PrefixView(writer), writer
+    return PrefixView(writer, timestamps=timestamps), writer

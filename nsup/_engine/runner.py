@@ -50,7 +50,8 @@ from .._exitstatus import ExitStatus
 from .._process import Process, start_process
 from .events import Event, EventKind
 from .notify import NotifySocket
-from .output import Line, pump_lines
+from .output import Line, Stream, pump_lines
+from .prepare import prepare
 from .probes import RETRY_INTERVAL, LogMatcher, exec_probe, tcp_once, tcp_until
 from .restart import Action, BackoffCounter, Input, State, transition, wants_restart
 from .service_spec import spec_for
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._policy import ServiceInstance
+    from .._policy.model import OutputFile
 
 __all__ = ["Decision", "Runner", "RunnerHost", "ServiceStatus", "permanent_error"]
 
@@ -117,6 +119,10 @@ class RunnerHost(Protocol):
 
     def output(self, line: Line) -> None:
         """Write one line a service printed (it may raise: the runner fails, not the host)."""
+        ...
+
+    def log_sink(self, target: str | OutputFile, pid: int) -> Callable[[Line], None]:
+        """Return where lines of one stream go, by its ``stdout``/``stderr`` setting."""
         ...
 
     def output_opened(self) -> None:
@@ -509,9 +515,9 @@ class Runner:
             return
         if started is None:
             return  # _start reported the failure
-        proc, notify, read_fd = started
+        proc, notify, read_fds = started
         # Cancelled or failed here: run()'s teardown stops the process.
-        status = await self._supervise(proc, generation, notify, read_fd)
+        status = await self._supervise(proc, generation, notify, read_fds)
         with trio.CancelScope(shield=True):
             await proc.aclose()  # reaped already: this closes its descriptors
         self.proc = None
@@ -522,14 +528,16 @@ class Runner:
         restart = wants_restart(self.instance.spec.restart, status)
         self.send(Input.EXIT_RESTART if restart else Input.EXIT_FINAL, generation, status)
 
-    async def _start(self, generation: int) -> tuple[Process, NotifySocket | None, int] | None:
+    async def _start(
+        self, generation: int
+    ) -> tuple[Process, NotifySocket | None, dict[str, int]] | None:
         """Spawn the process; on failure report it (as an exit, or as FAIL) and return None.
 
         Spawns run under the host's limiter, so the descriptors held by spawns
         in flight stay bounded however many instances start at once.
         """
         notify = None
-        read_fd = -1
+        read_fds: dict[str, int] = {}
         try:
             async with self._host.spawn_limiter:
                 if (
@@ -538,8 +546,9 @@ class Runner:
                 ):
                     notify = NotifySocket(self._host.notify_dir, self.name)
                     await notify.bind()
-                read_fd, spec, close_after = spec_for(
-                    self.instance, notify.path if notify else None
+                prepared = await prepare(self.instance)
+                read_fds, spec, close_after = spec_for(
+                    self.instance, notify.path if notify else None, prepared
                 )
                 try:
                     proc = await start_process(spec)
@@ -547,8 +556,8 @@ class Runner:
                     for fd in close_after:
                         os.close(fd)
         except BaseException as exc:
-            if read_fd >= 0:
-                os.close(read_fd)
+            for fd in read_fds.values():
+                os.close(fd)
             if notify is not None:
                 notify.close()
             if not isinstance(exc, OSError):
@@ -559,7 +568,7 @@ class Runner:
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self._publish("started", pid=proc.pid)
-        return proc, notify, read_fd
+        return proc, notify, read_fds
 
     def _spawn_failed(self, generation: int, exc: OSError) -> None:
         """A permanent error fails the instance now; a transient one counts as a crash."""
@@ -573,14 +582,16 @@ class Runner:
         self._report_exit(generation, ExitStatus(code=code))
 
     async def _supervise(
-        self, proc: Process, generation: int, notify: NotifySocket | None, read_fd: int
+        self, proc: Process, generation: int, notify: NotifySocket | None, read_fds: dict[str, int]
     ) -> ExitStatus:
         hooks: list[Callable[[str], None]] = []
         assert self._nursery is not None  # noqa: S101
-        if read_fd >= 0:
-            # The pump outlives this run if a descendant keeps the pipe open.
+        for name, fd in read_fds.items():
+            # A pump outlives this run if a descendant keeps the pipe open.
+            stream: Stream = "stderr" if name == "stderr" else "stdout"
+            sink = self._host.log_sink(getattr(self.instance.spec, stream), proc.pid)
             self._host.output_opened()
-            self._nursery.start_soon(self._pump, trio.lowlevel.FdStream(read_fd), hooks)
+            self._nursery.start_soon(self._pump, trio.lowlevel.FdStream(fd), hooks, stream, sink)
         try:
             async with trio.open_nursery() as helpers:
                 helpers.start_soon(self._readiness, proc, generation, notify, hooks)
@@ -593,11 +604,15 @@ class Runner:
         return status
 
     async def _pump(
-        self, stream: trio.lowlevel.FdStream, hooks: list[Callable[[str], None]]
+        self,
+        pipe: trio.lowlevel.FdStream,
+        hooks: list[Callable[[str], None]],
+        stream: Stream,
+        sink: Callable[[Line], None],
     ) -> None:
         try:
-            async with stream:
-                await pump_lines(stream, self.name, self._host.output, hooks)
+            async with pipe:
+                await pump_lines(pipe, self.name, sink, hooks, which=stream)
         finally:
             self._host.output_closed()
 

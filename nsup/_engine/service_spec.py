@@ -1,10 +1,10 @@
 """Turn a policy's service instance into the ``ProcessSpec`` that starts it.
 
-The one place where policy keys meet spawn options.  Output: ``inherit``
-means "through nsup": stdout and stderr share one pipe that the runner reads
-and prints as ``NAME | line`` (one pipe, not two, keeps a thousand services
-within the descriptor limit); ``null`` is /dev/null; a path is opened for
-appending by nsup, so the child needs no access to it.
+The one place where policy keys meet spawn options.  Output: every target
+but ``null`` goes through nsup: each stream that does gets a pipe of its
+own, which the runner reads line by line and routes (see ``routes.py``), so
+stderr stays apart from stdout end to end and the child needs no access to
+a log file; ``null`` is /dev/null.
 """
 
 from __future__ import annotations
@@ -13,44 +13,39 @@ import os
 from typing import TYPE_CHECKING
 
 from .._spec import ProcessSpec
+from .routes import through_nsup
 
 if TYPE_CHECKING:
     from .._policy import ServiceInstance
+    from .._policy.model import OutputFile
     from .._spec import StdioMode
+    from .prepare import Prepared
 
 __all__ = ["spec_for"]
 
 
 def spec_for(
-    instance: ServiceInstance, notify_path: str | None
-) -> tuple[int, ProcessSpec, list[int]]:
-    """Build the spec for one start of *instance*.
+    instance: ServiceInstance, notify_path: str | None, prepared: Prepared
+) -> tuple[dict[str, int], ProcessSpec, list[int]]:
+    """Build the spec for one start of *instance*, with its *prepared* identity and environment.
 
     Returns:
-        ``(read_fd, spec, close_after)``: the read end of the output pipe (or
-        -1 when nothing goes through nsup), the spec, and the descriptors the
-        caller closes once the child has them.
+        ``(read_fds, spec, close_after)``: the read end of the output pipe
+        of each stream that goes through nsup (``{"stdout": fd, ...}``), the
+        spec, and the descriptors the caller closes once the child has them.
     """
     service = instance.spec
-    read_fd = -1
+    read_fds: dict[str, int] = {}
     close_after: list[int] = []
-    pipe_w = -1
 
-    def target(mode: str) -> StdioMode:
-        nonlocal read_fd, pipe_w
-        if mode == "inherit":
-            if pipe_w < 0:
-                read_fd, pipe_w = os.pipe()
-                close_after.append(pipe_w)
-            return pipe_w
-        if mode == "null":
+    def target(stream: str, mode: str | OutputFile) -> StdioMode:
+        if not through_nsup(mode):
             return "null"
-        fd = os.open(mode, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        close_after.append(fd)
-        return fd
+        read_fds[stream], pipe_w = os.pipe()
+        close_after.append(pipe_w)
+        return pipe_w
 
-    env = dict(os.environ)
-    env.update(service.env)
+    env = dict(prepared.env)
     env["NSUP_SERVICE"] = instance.name
     env["NSUP_INSTANCE"] = str(instance.index)
     if notify_path is not None:
@@ -68,22 +63,23 @@ def spec_for(
             uid_map=service.uid_map or None,
             gid_map=service.gid_map or None,
             stdin="null",
-            stdout=target(service.stdout),
-            stderr=target(service.stderr),
+            stdout=target("stdout", service.stdout),
+            stderr=target("stderr", service.stderr),
             mounts=service.mounts,
             new_session=True,
             stop_signal=service.stop.signal,
             stop_timeout=service.stop.timeout,
             limits=service.limits,
             rootfs=service.rootfs,
-            user=service.user,
-            group=service.group,
+            user=prepared.identity.uid,
+            group=prepared.identity.gid,
+            groups=prepared.identity.groups,
+            umask=service.umask,
             capabilities=service.capabilities,
             no_new_privs=service.no_new_privs,
         )
     except BaseException:
-        for fd in [read_fd, *close_after]:
-            if fd >= 0:
-                os.close(fd)
+        for fd in [*read_fds.values(), *close_after]:
+            os.close(fd)
         raise
-    return read_fd, spec, close_after
+    return read_fds, spec, close_after

@@ -55,12 +55,14 @@ from .._rundir import make_runtime_dir
 from .events import Event, EventBus, Subscription
 from .output import Line, PrefixView, output_sink
 from .restart import Input, Intensity, State
+from .routes import OutputRoutes
 from .runner import QUIET, Decision, Runner, ServiceStatus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable
 
     from .._policy import Policy, ServiceInstance
+    from .._policy.model import OutputFile
 
 __all__ = ["QUIET", "SPAWN_CONCURRENCY", "GaveUpError", "Supervisor", "open_supervisor"]
 
@@ -99,7 +101,8 @@ class Supervisor:
         """Prepare runners for *policy*; nothing starts until :meth:`start_all`."""
         self.policy = policy
         self._nursery = nursery
-        self._output, self.writer = output_sink(output, nursery)
+        self._output, self.writer = output_sink(output, nursery, policy.supervisor.timestamps)
+        self.routes = OutputRoutes(self._output)
         self.bus = EventBus()
         self.runtime_dir = make_runtime_dir()
         self.runners: dict[str, Runner] = {}
@@ -218,6 +221,10 @@ class Supervisor:
     def output(self, line: Line) -> None:
         """Write one line of a service's output through the sink given at creation."""
         self._output(line)
+
+    def log_sink(self, target: str | OutputFile, pid: int) -> Callable[[Line], None]:
+        """Route one stream of a service: the terminal view, a log file, journald or syslog."""
+        return self.routes.sink(target, pid)
 
     def output_opened(self) -> None:
         """Count an output pipe being read."""
@@ -421,10 +428,15 @@ class Supervisor:
 
     async def close_output(self) -> None:
         """Write what output is still queued (for at most OUTPUT_DRAIN seconds), then close it."""
+        self.routes.close()
         if self.writer is not None:
             with trio.move_on_after(OUTPUT_DRAIN):
                 await self.writer.flush()
             self.writer.close()
+
+    def reopen_logs(self) -> list[str]:
+        """Reopen every service log file (``nsup reopen-logs``, SIGUSR1); return the errors."""
+        return self.routes.reopen()
 
     def _forget(self, name: str) -> None:
         runner = self.runners.pop(name, None)

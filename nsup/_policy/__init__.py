@@ -28,6 +28,7 @@ from .model import (
     Backoff,
     HealthProbe,
     Limits,
+    OutputFile,
     PolicyIssue,
     Probe,
     Service,
@@ -43,6 +44,7 @@ __all__ = [
     "Backoff",
     "HealthProbe",
     "Limits",
+    "OutputFile",
     "Policy",
     "PolicyIssue",
     "Probe",
@@ -236,6 +238,12 @@ def _limits_dict(limits: Limits) -> dict[str, Any]:
     return result
 
 
+def _output_dict(output: str | OutputFile) -> str | dict[str, Any]:
+    if isinstance(output, str):
+        return output
+    return _strip_none(attrs.asdict(output))
+
+
 def _service_dict(service: Service) -> dict[str, Any]:
     result = {
         "command": list(service.command),
@@ -246,14 +254,16 @@ def _service_dict(service: Service) -> dict[str, Any]:
         "init": service.init,
         "hostname": service.hostname,
         "env": dict(service.env),
+        "env_file": list(service.env_file),
+        "env_inherit": service.env_inherit,
         "cwd": service.cwd,
         "stop": {"signal": service.stop.signal.name, "timeout": service.stop.timeout},
         "limits": _limits_dict(service.limits),
         "ready": _probe_dict(service.ready) if service.ready else None,
         "health": _probe_dict(service.health) if service.health else None,
         "instances": service.instances,
-        "stdout": service.stdout,
-        "stderr": service.stderr,
+        "stdout": _output_dict(service.stdout),
+        "stderr": _output_dict(service.stderr),
         "mounts": [
             _strip_none({**attrs.asdict(m), "readonly": m.readonly or None}) for m in service.mounts
         ],
@@ -262,6 +272,8 @@ def _service_dict(service: Service) -> dict[str, Any]:
         "rootfs": service.rootfs,
         "user": service.user,
         "group": service.group,
+        "groups": None if service.groups is None else list(service.groups),
+        "umask": service.umask,
         "capabilities": None if service.capabilities is None else sorted(service.capabilities),
         "no_new_privs": service.no_new_privs,
     }

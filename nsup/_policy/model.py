@@ -29,6 +29,7 @@ __all__ = [
     "Backoff",
     "HealthProbe",
     "Limits",
+    "OutputFile",
     "PolicyIssue",
     "Probe",
     "Service",
@@ -84,6 +85,7 @@ class SupervisorConfig:
             it is left ``failed`` and the rest run on).
         control: the control socket path, or ``None`` for the default.
         health: ``(host, port)`` for the HTTP health endpoint, or ``None``.
+        timestamps: prefix each ``NAME | line`` with its RFC 3339 time.
 
     """
 
@@ -93,6 +95,7 @@ class SupervisorConfig:
     control: str | None = None
     health: tuple[str, int] | None = None
     on_give_up: OnGiveUp = "exit"
+    timestamps: bool = False
 
 
 @attrs.frozen
@@ -176,6 +179,23 @@ class HealthProbe:
     retries: int = 3
 
 
+@attrs.frozen
+class OutputFile:
+    """A log file that nsup writes a service's output to: ``stdout = { file = "..." }``.
+
+    Attributes:
+        file: the absolute path; lines are appended.
+        max_size: rotate before a line would take the file past this many
+            bytes; ``None`` never rotates.
+        backups: how many rotated files to keep (``FILE.1`` the newest).
+
+    """
+
+    file: str
+    max_size: int | None = None
+    backups: int = 5
+
+
 IdMap = tuple[tuple[int, int, int], ...]
 
 
@@ -198,15 +218,24 @@ class Service:
         ready: readiness probe, or ``None`` (ready once started).
         health: health probe, or ``None``.
         instances: how many copies to run.
-        stdout: ``"inherit"``, ``"null"`` or an absolute file path (appended).
+        stdout: ``"inherit"``, ``"null"``, ``"journal"``, ``"syslog"``, or an
+            :class:`OutputFile` (a plain path is one without rotation).
         stderr: same as ``stdout``.
         mounts: mounts made in the new mount namespace, in order.
         uid_map: ``(inside, outside, count)`` lines for ``/proc/PID/uid_map``;
             empty means "the caller's uid is 0 inside" (with ``user``).
         gid_map: same for gids.
         rootfs: a directory that becomes the service's ``/``, or ``None``.
-        user: the numeric uid to run as inside, or ``None`` (unchanged).
-        group: the numeric gid to run as inside, or ``None`` (unchanged).
+        user: the user to run as inside, a name or a uid, or ``None`` (unchanged).
+            Names are resolved at each start (see :mod:`nsup._policy.identity`).
+        group: the group to run as, a name or a gid, or ``None`` (the user's
+            primary group, or unchanged without ``user``).
+        groups: the supplementary groups, names or gids, or ``None`` for the
+            user's groups from the group database (as ``initgroups`` does).
+        umask: the file mode creation mask, or ``None`` (nsup's own).
+        env_file: env files (``KEY=VALUE`` lines) read at each start.
+        env_inherit: start from nsup's whole environment, or (``False``) only
+            from its ``PATH``, ``HOME``, ``USER``, ``LANG`` and ``TERM``.
         capabilities: the ``CAP_*`` names to keep, or ``None`` (unchanged).
         no_new_privs: set ``PR_SET_NO_NEW_PRIVS`` before exec; ``None``: set
             it when the service has a ``rootfs`` or a read-only mount.
@@ -227,13 +256,17 @@ class Service:
     ready: Probe | None = None
     health: HealthProbe | None = None
     instances: int = 1
-    stdout: str = "inherit"
-    stderr: str = "inherit"
+    stdout: str | OutputFile = "inherit"
+    stderr: str | OutputFile = "inherit"
     mounts: tuple[Mount, ...] = ()
     uid_map: IdMap = ()
     gid_map: IdMap = ()
     rootfs: str | None = None
-    user: int | None = None
-    group: int | None = None
+    user: int | str | None = None
+    group: int | str | None = None
+    groups: tuple[int | str, ...] | None = None
+    umask: int | None = None
+    env_file: tuple[str, ...] = ()
+    env_inherit: bool = True
     capabilities: frozenset[str] | None = None
     no_new_privs: bool | None = None

@@ -21,7 +21,7 @@ import attrs
 
 from .._mount import MOUNT_TYPES, Mount
 from .bounds import MAX_INSTANCES
-from .model import RLIMITS, Backoff, HealthProbe, Limits, Probe, Stop
+from .model import RLIMITS, Backoff, HealthProbe, Limits, OutputFile, Probe, Stop
 from .validate import (
     Invalid,
     Problem,
@@ -36,10 +36,13 @@ from .validate import (
     file_mode,
     host_port,
     id_map,
+    id_or_name,
+    id_or_name_list,
     integer,
     namespaces,
     number,
     one_of,
+    path_list,
     regex,
     show,
     signal_,
@@ -53,6 +56,7 @@ __all__ = [
     "HEALTH_FIELDS",
     "LIMITS_FIELDS",
     "MOUNT_FIELDS",
+    "OUTPUT_FIELDS",
     "READY_FIELDS",
     "SERVICE_FIELDS",
     "STOP_FIELDS",
@@ -146,6 +150,7 @@ SUPERVISOR_FIELDS: Mapping[str, Validator] = {
     "on_give_up": one_of("exit", "fail-service"),
     "control": string(max_length=_SOCKET_PATH_MAX),
     "health": host_port(),
+    "timestamps": boolean(),
 }
 
 
@@ -278,6 +283,36 @@ MOUNT_FIELDS: Mapping[str, Validator] = {
     "mode": file_mode(),
 }
 
+OUTPUT_WORDS = ("inherit", "null", "journal", "syslog")
+
+OUTPUT_FIELDS: Mapping[str, Validator] = {
+    "file": absolute_path(),
+    "max_size": size(),
+    "backups": integer(0, 1000),
+}
+
+
+@attrs.frozen
+class _OutputValidator:
+    """``stdout``/``stderr``: a word, a path, or ``{ file = ..., max_size = ..., backups = ... }``."""
+
+    table: Validator = _TableValidator(OUTPUT_FIELDS, lambda t: OutputFile(**t), required=("file",))
+
+    def __call__(self, key: str, value: object) -> str | OutputFile:
+        if isinstance(value, dict):
+            return self.table(key, value)  # type: ignore[no-any-return]  # the table's make returns an OutputFile
+        if isinstance(value, str) and value in OUTPUT_WORDS:
+            return value
+        if not isinstance(value, str) or not value.startswith("/"):
+            words = ", ".join(map(repr, OUTPUT_WORDS))
+            raise Invalid.at(
+                key,
+                f"{key!r} must be {words}, an absolute file path or "
+                f"{{ file = PATH, max_size = SIZE, backups = N }} (got {show(value)})",
+            )
+        return OutputFile(file=absolute_path()(key, value))
+
+
 SERVICE_FIELDS: Mapping[str, Validator] = {
     "command": command(),
     "depends_on": string_list(),
@@ -287,6 +322,8 @@ SERVICE_FIELDS: Mapping[str, Validator] = {
     "init": boolean(),
     "hostname": string(max_length=_HOSTNAME_MAX),
     "env": env_table(),
+    "env_file": path_list(),
+    "env_inherit": boolean(),
     "cwd": absolute_path(),
     "stop": _TableValidator(STOP_FIELDS, lambda t: Stop(**t)),
     "limits": _TableValidator(LIMITS_FIELDS, make_limits),
@@ -300,16 +337,18 @@ SERVICE_FIELDS: Mapping[str, Validator] = {
         },
     ),
     "instances": integer(minimum=1, maximum=MAX_INSTANCES),
-    "stdout": absolute_path("inherit", "null"),
-    "stderr": absolute_path("inherit", "null"),
+    "stdout": _OutputValidator(),
+    "stderr": _OutputValidator(),
     "mounts": _ListOfTablesValidator(
         _TableValidator(MOUNT_FIELDS, lambda t: Mount(**t), _check_mount, ("type", "target"))
     ),
     "rootfs": absolute_path(),
     "uid_map": id_map(),
     "gid_map": id_map(),
-    "user": integer(0, _ID_MAX),
-    "group": integer(0, _ID_MAX),
+    "user": id_or_name(_ID_MAX),
+    "group": id_or_name(_ID_MAX),
+    "groups": id_or_name_list(_ID_MAX),
+    "umask": file_mode(0o777),
     "capabilities": capabilities(),
     "no_new_privs": boolean(),
 }

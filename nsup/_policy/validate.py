@@ -40,15 +40,19 @@ __all__ = [
     "command",
     "did_you_mean",
     "duration",
+    "each_item",
     "env_table",
     "file_mode",
     "host_port",
     "id_map",
+    "id_or_name",
+    "id_or_name_list",
     "integer",
     "key_join",
     "namespaces",
     "number",
     "one_of",
+    "path_list",
     "regex",
     "show",
     "signal_",
@@ -537,22 +541,101 @@ _MODE = re.compile(r"0?[oO]?([0-7]{1,4})")
 
 @attrs.frozen
 class _FileModeValidator:
+    maximum: int
+
     def __call__(self, key: str, value: object) -> int:
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= self.maximum:
             return value
         match = _MODE.fullmatch(value) if isinstance(value, str) else None
-        if match is None:
+        if match is None or int(match[1], 8) > self.maximum:
+            what = "a file mode" if self.maximum > 0o777 else "a umask"
+            example = "'0755'" if self.maximum > 0o777 else "'027'"
             raise Invalid.at(
                 key,
-                f"{key!r} must be a file mode: an octal string such as '0755' "
-                f"or an integer from 0 to 4095 (got {show(value)})",
+                f"{key!r} must be {what}: an octal string such as {example} "
+                f"or an integer from 0 to {self.maximum} (got {show(value)})",
             )
         return int(match[1], 8)
 
 
-def file_mode() -> Validator:
-    """Return a validator for a file mode, ``"0755"`` or ``493``, returned as an int."""
-    return _FileModeValidator()
+def file_mode(maximum: int = 0o7777) -> Validator:
+    """Return a validator for a file mode (or a umask, with ``maximum=0o777``), ``"0755"`` or ``493``, as an int."""
+    return _FileModeValidator(maximum)
+
+
+# What useradd and groupadd accept, and more: no ':', no newline, not starting with '-' or '+'.
+_ID_NAME = re.compile(r"[^\s:,+\-][^\s:,]{0,255}")
+
+
+@attrs.frozen
+class _IdOrNameValidator:
+    maximum: int
+
+    def __call__(self, key: str, value: object) -> int | str:
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if _is_int(value) and 0 <= value <= self.maximum:  # type: ignore[operator]  # checked to be an int
+            return value  # type: ignore[return-value]  # checked to be an int
+        if isinstance(value, str) and _ID_NAME.fullmatch(value):
+            return value
+        raise Invalid.at(
+            key,
+            f"{key!r} must be a name such as 'www-data' or a number from 0 to "
+            f"{self.maximum} (got {show(value)})",
+        )
+
+
+def id_or_name(maximum: int) -> Validator:
+    """Return a validator for a user or group: a name, or a number up to *maximum*."""
+    return _IdOrNameValidator(maximum)
+
+
+def each_item(key: str, items: list[object], check: Validator) -> list[Any]:
+    """Check each of *items* as ``KEY[i]``; return the typed items, or raise every problem at once."""
+    result = []
+    problems: list[Problem] = []
+    for i, item in enumerate(items):
+        try:
+            result.append(check(f"{key}[{i}]", item))
+        except Invalid as exc:
+            problems += exc.problems
+    if problems:
+        raise Invalid(problems)
+    return result
+
+
+@attrs.frozen
+class _IdOrNameListValidator:
+    item: _IdOrNameValidator
+
+    def __call__(self, key: str, value: object) -> tuple[int | str, ...]:
+        if not isinstance(value, list):
+            raise Invalid.at(
+                key, f"{key!r} must be a list of group names or numbers (got {show(value)})"
+            )
+        return tuple(dict.fromkeys(each_item(key, value, self.item)))
+
+
+def id_or_name_list(maximum: int) -> Validator:
+    """Return a validator for a list of groups (names or numbers), as a tuple without repeats."""
+    return _IdOrNameListValidator(_IdOrNameValidator(maximum))
+
+
+@attrs.frozen
+class _PathListValidator:
+    def __call__(self, key: str, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return (_AbsolutePathValidator(())(key, value),)
+        if not isinstance(value, list):
+            raise Invalid.at(
+                key, f"{key!r} must be an absolute path or a list of them (got {show(value)})"
+            )
+        return tuple(each_item(key, value, _AbsolutePathValidator(())))
+
+
+def path_list() -> Validator:
+    """Return a validator for one absolute path or a list of them, returned as a tuple."""
+    return _PathListValidator()
 
 
 @attrs.frozen
