@@ -23,6 +23,7 @@ from nsup._policy.model import (
     Limits,
     Probe,
     Service,
+    Socket,
     Stop,
     SupervisorConfig,
 )
@@ -33,6 +34,7 @@ from nsup._policy.schema import (
     MOUNT_FIELDS,
     READY_FIELDS,
     SERVICE_FIELDS,
+    SOCKET_FIELDS,
     STOP_FIELDS,
     SUPERVISOR_FIELDS,
 )
@@ -48,6 +50,7 @@ TABLES = {
     "services.NAME.ready": (READY_FIELDS, Probe),
     "services.NAME.health": (HEALTH_FIELDS, HealthProbe),
     "services.NAME.mounts[]": (MOUNT_FIELDS, Mount),
+    "services.NAME.sockets[]": (SOCKET_FIELDS, Socket),
 }
 # Model attributes that are not keys: the probe kind is which key was given,
 # and the rlimits mapping holds one key per rlimit.

@@ -15,8 +15,9 @@ from nsup._policy import load_policy
 
 W = '[services.web]\ncommand = "x"\n'
 SERVICE_KEYS = (
-    "'command', 'depends_on', 'restart', 'backoff', 'namespaces', 'init', 'hostname', "
-    "'env', 'cwd', 'stop', 'limits', 'ready', 'health', 'instances', 'stdout', 'stderr', "
+    "'command', 'type', 'depends_on', 'restart', 'success_codes', 'backoff', 'namespaces', "
+    "'namespaces_from', 'init', 'hostname', 'env', 'sockets', 'cwd', 'stop', 'limits', "
+    "'ready', 'health', 'instances', 'stdout', 'stderr', "
     "'mounts', 'rootfs', 'uid_map', 'gid_map', 'user', 'group', 'capabilities' and "
     "'no_new_privs'"
 )
@@ -322,7 +323,8 @@ CASES = {
             (
                 3,
                 "services.web.depends_on",
-                "'services.web.depends_on' must be a list of strings (got 'db')",
+                "'services.web.depends_on' must be a list of service names or a table of "
+                'service = condition, such as { db = "ready" } (got \'db\')',
             )
         ],
     ),
