@@ -323,8 +323,10 @@ CASES = {
             (
                 3,
                 "services.web.depends_on",
-                "'services.web.depends_on' must be a list of service names or a table of "
-                'service = condition, such as { db = "ready" } (got \'db\')',
+                (
+                    "'services.web.depends_on' must be a list of service names or a table of "
+                    "service = condition, such as { db = \"ready\" } (got 'db')"
+                ),
             )
         ],
     ),
