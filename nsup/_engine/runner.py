@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import attrs
 import trio
 
+from .._cgroup import CgroupStatistics
 from .._errors import SpawnError
 from .._exitstatus import ExitStatus
 from .._process import Process, start_process
@@ -169,6 +170,10 @@ class ServiceStatus:
         status_text: the last ``STATUS=`` it sent over its notify socket.
         error: why it is ``failed`` (a permanent spawn error, its give-up, or
             an internal error), else ``""``.
+        cpu_seconds, memory_bytes, memory_peak_bytes, tasks: what the running
+            process's cgroup has counted (CPU time and peak memory of this
+            run), or None where no cgroup hierarchy counts it or nothing runs.
+        oom_kills: processes of this service the kernel's OOM killer ended.
     """
 
     name: str
@@ -181,6 +186,11 @@ class ServiceStatus:
     ready: bool
     status_text: str
     error: str = ""
+    cpu_seconds: float | None = None
+    memory_bytes: int | None = None
+    memory_peak_bytes: int | None = None
+    tasks: int | None = None
+    oom_kills: int = 0
 
     @property
     def uptime(self) -> float | None:
@@ -224,6 +234,7 @@ class Runner:
         self.blocked_on: str | None = None  # a dependency that ended or failed
         self.finished = False  # the runner's task has ended
         self.traceback = ""  # the full traceback of an internal error, for debugging
+        self.oom_kills = 0  # in runs that have ended
         self._changed = trio.Event()
         self._backoff = BackoffCounter(instance.spec.backoff)
         self._send, self._inbox = trio.open_memory_channel[tuple[Input, int | None, Any]](math.inf)
@@ -244,6 +255,7 @@ class Runner:
     def snapshot(self) -> ServiceStatus:
         """The current :class:`ServiceStatus`."""
         running = self.proc is not None and self.proc.status is None
+        stats = self.proc.statistics() if running and self.proc is not None else CgroupStatistics()
         return ServiceStatus(
             name=self.name,
             state=self.state.value,
@@ -255,6 +267,11 @@ class Runner:
             ready=self.state is State.UP,
             status_text=self.status_text,
             error=self.error,
+            cpu_seconds=stats.cpu_seconds,
+            memory_bytes=stats.memory_bytes,
+            memory_peak_bytes=stats.memory_peak_bytes,
+            tasks=stats.pids,
+            oom_kills=self.oom_kills + stats.oom_kills,
         )
 
     @property
@@ -512,6 +529,7 @@ class Runner:
         proc, notify, read_fd = started
         # Cancelled or failed here: run()'s teardown stops the process.
         status = await self._supervise(proc, generation, notify, read_fd)
+        self.oom_kills += proc.statistics().oom_kills  # its cgroup goes with it
         with trio.CancelScope(shield=True):
             await proc.aclose()  # reaped already: this closes its descriptors
         self.proc = None
