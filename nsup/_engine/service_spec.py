@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from .._spec import ProcessSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .._policy import ServiceInstance
     from .._spec import StdioMode
 
@@ -22,9 +24,14 @@ __all__ = ["spec_for"]
 
 
 def spec_for(
-    instance: ServiceInstance, notify_path: str | None
+    instance: ServiceInstance,
+    notify_path: str | None,
+    listen_fds: Sequence[tuple[str, int]] = (),
 ) -> tuple[int, ProcessSpec, list[int]]:
     """Build the spec for one start of *instance*.
+
+    *listen_fds* are the service's bound sockets (socket activation), as
+    ``(name, fd)`` pairs; the caller keeps them open.
 
     Returns:
         ``(read_fd, spec, close_after)``: the read end of the output pipe (or
@@ -80,6 +87,7 @@ def spec_for(
             group=service.group,
             capabilities=service.capabilities,
             no_new_privs=service.no_new_privs,
+            listen_fds=listen_fds,
         )
     except BaseException:
         for fd in [read_fd, *close_after]:
