@@ -270,7 +270,11 @@ class ProcessSpec:
             the terminal's signals.
         join: a running :class:`nsup.Process` whose namespaces the child
             enters (``setns`` on its pidfd) instead of creating new ones, as
-            ``nsenter`` does; used for ``exec`` probes.  Needs ``namespaces=()``.
+            ``nsenter`` does; used for ``exec`` probes and sidecars.  Needs
+            ``namespaces=()``.  With ``init``, nsup's init (a subreaper, in
+            the caller's PID namespace) starts the command inside the joined
+            PID namespace, as ``nsenter --fork`` does; with ``init=False`` the
+            command itself stays outside it and only its children enter it.
         stop_signal, stop_timeout: how the child is stopped when its block
             ends or is cancelled: this signal, then SIGKILL after the timeout.
         limits: an ``nsup.Limits``: ``memory``, ``pids`` and ``cpu`` (cores)
@@ -357,4 +361,4 @@ class ProcessSpec:
     @property
     def has_init(self) -> bool:
         """True when nsup's init runs the command: as PID 1 with a ``pid`` namespace, else as subreaper."""
-        return self.init and self.join is None
+        return self.init

@@ -143,7 +143,10 @@ def _fork_exec(
         try:
             if tied:
                 _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
-                if os.getppid() != init_pid:
+                # 0: the init is outside our PID namespace (a joined one, for a
+                # sidecar) and so still our parent: an orphan is always adopted
+                # inside its own namespace.
+                if os.getppid() not in (init_pid, 0):
                     os._exit(128 + signal.SIGKILL)  # the init died before the signal was armed
             if listen_pid:
                 env["LISTEN_PID"] = str(os.getpid())

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .._policy import ServiceInstance
+    from .._process import Process
     from .._spec import StdioMode
 
 __all__ = ["spec_for"]
@@ -27,11 +28,14 @@ def spec_for(
     instance: ServiceInstance,
     notify_path: str | None,
     listen_fds: Sequence[tuple[str, int]] = (),
+    *,
+    join: Process | None = None,
 ) -> tuple[int, ProcessSpec, list[int]]:
     """Build the spec for one start of *instance*.
 
     *listen_fds* are the service's bound sockets (socket activation), as
-    ``(name, fd)`` pairs; the caller keeps them open.
+    ``(name, fd)`` pairs; the caller keeps them open.  *join* is the running
+    process whose namespaces it enters (``namespaces_from``).
 
     Returns:
         ``(read_fd, spec, close_after)``: the read end of the output pipe (or
@@ -88,6 +92,7 @@ def spec_for(
             capabilities=service.capabilities,
             no_new_privs=service.no_new_privs,
             listen_fds=listen_fds,
+            join=join,
         )
     except BaseException:
         for fd in [read_fd, *close_after]:

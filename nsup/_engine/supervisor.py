@@ -57,6 +57,7 @@ from .events import Event, EventBus
 from .output import prefix_writer
 from .restart import Input, Intensity, State
 from .runner import QUIET, Decision, Runner, ServiceStatus
+from .sockets import ServiceSockets
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable
@@ -127,6 +128,7 @@ class Supervisor:
         self._runners_changed = trio.Event()
         self._reload_lock = trio.Lock()
         self._spawn_limiter = trio.CapacityLimiter(SPAWN_CONCURRENCY)
+        self._sockets: dict[str, ServiceSockets] = {}  # per service, held across its restarts
 
     @property
     def stopping(self) -> bool:
@@ -203,6 +205,7 @@ class Supervisor:
 
     def _finish(self) -> None:
         if not self.done.is_set():
+            self._close_sockets(keep=())
             self.done.set()
             self.bus.close()
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
@@ -242,6 +245,29 @@ class Supervisor:
     def dependency(self, name: str) -> Runner | None:
         """The current runner of *name*, if any."""
         return self.runners.get(name)
+
+    def listen_fds(self, service: str) -> list[tuple[str, int]]:
+        """The bound sockets of *service*: bound at its first start, held until it is removed.
+
+        Every instance and every run shares them, so connections queue in
+        them while the service restarts.  A reload that changes a service's
+        ``sockets`` binds the new ones at its next start.
+        """
+        specs = self.policy.services[service].sockets
+        held = self._sockets.get(service)
+        if held is not None and held.specs != specs:
+            held.close()
+            held = None
+        if held is None:
+            held = self._sockets[service] = ServiceSockets(service, specs)
+        held.open()
+        return held.listen_fds()
+
+    def _close_sockets(self, keep: Iterable[str]) -> None:
+        """Close the sockets of every service not in *keep*."""
+        kept = set(keep)
+        for service in [s for s in self._sockets if s not in kept]:
+            self._sockets.pop(service).close()
 
     async def wait_runners_changed(self) -> None:
         """Return at the next runner added (start-up, reload, a failed runner revived)."""
@@ -405,6 +431,7 @@ class Supervisor:
             await self._stop_group(removed + changed)
             for name in removed + changed:
                 self._forget(name)
+            self._close_sockets(keep=policy.services)  # a removed service's, once it is down
             self.order = list(new)
             if not self._stopping:
                 for name in changed + added:
