@@ -6,13 +6,16 @@ Python programs whose output (or files they leave) proves the order of events.
 
 from __future__ import annotations
 
+import http.client
 import os
 import textwrap
+from pathlib import Path
 
 import pytest
 import trio
 from helpers import PYTHON
 from test_control_harness import NsupRun, write_policy
+from test_sockets import free_port
 
 import nsup
 
@@ -279,3 +282,57 @@ async def test_sidecar_runs_in_the_owners_pid_namespace(own_pid_namespace):
         web_pid = sup.status()["web"].pid
         expected = [os.readlink(f"/proc/{web_pid}/ns/net"), os.readlink(f"/proc/{web_pid}/ns/pid")]
         assert expected == lines_of(lines, "side")
+
+
+def test_web_and_db_example_answers_the_host(tmp_path):
+    """examples/web-and-db.toml: web, in its own network namespace, answers the host after migrate."""
+    root = Path(__file__).parent.parent
+    port = free_port()
+    text = (
+        (root / "examples" / "web-and-db.toml")
+        .read_text()
+        .replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+        .replace("examples/hello_server.py", str(root / "examples" / "hello_server.py"))
+        .replace("/tmp/nsup-example-schema", str(tmp_path / "schema"))
+    )
+    run = NsupRun(
+        write_policy(
+            str(tmp_path),
+            '[supervisor]\ncontrol = "ctl.sock"\n' + text.replace("[supervisor]\n", "", 1),
+        )
+    )
+    try:
+        run.wait_line("web: ready")
+        migrated = run.wait_line("migrate: exited")
+        assert "nsup: migrate: exited (exited with code 0)" == migrated
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        body = response.read().decode()
+        conn.close()
+        assert 200 == response.status
+        assert body.startswith("hello from web, pid ")
+        assert body.endswith("; schema v2\n")
+    finally:
+        run.stop()
+
+
+async def test_sidecar_example(tmp_path):
+    """examples/sidecar.toml: the probe, in web's namespaces, gets answers from web's loopback port."""
+    root = Path(__file__).parent.parent
+    path = tmp_path / "sidecar.toml"
+    path.write_text(
+        (root / "examples" / "sidecar.toml").read_text().replace("8080", str(free_port()))
+    )
+    answered = trio.Event()
+    lines: list[tuple[str, str]] = []
+
+    def output(name: str, line: str) -> None:
+        lines.append((name, line))
+        if name == "probe":
+            answered.set()
+
+    async with nsup.open_supervisor(nsup.load_policy(path), output=output):
+        with trio.fail_after(20):
+            await answered.wait()
+    assert "web answered 200 OK on its own loopback" == lines_of(lines, "probe")[0]

@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 import textwrap
+import threading
 
 import pytest
 import trio
@@ -256,3 +257,75 @@ def test_spec_takes_sockets_and_pairs():
     with socket.socket() as a, socket.socket() as b:
         spec = nsup.ProcessSpec(argv=["true"], listen_fds=[a, ("http", b), 7])
         assert (("unknown", a.fileno()), ("http", b.fileno()), ("unknown", 7)) == spec.listen_fds
+
+
+# A socket-activated echo server that stops cleanly: on SIGTERM it finishes the
+# connection in hand and exits; connections still queued wait for the next run.
+ECHO = textwrap.dedent(
+    """
+    import os, select, signal, socket
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.set_wakeup_fd(w)
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    assert os.environ["LISTEN_PID"] == str(os.getpid())
+    s = socket.socket(fileno=3)
+    while True:
+        ready, _, _ = select.select([s, r], [], [])
+        if r in ready:
+            break
+        c, _ = s.accept()
+        c.sendall(c.recv(64))
+        c.close()
+    """
+)
+
+
+def _hammer(port: int, stop: threading.Event, minimum: int, counts: dict[str, int]) -> None:
+    """Connect and echo until *stop* is set and at least *minimum* connections were made."""
+    n = 0
+    while n < minimum or not stop.is_set():
+        n += 1
+        message = b"%d\n" % n
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+                client.sendall(message)
+                answer = client.recv(64)
+        except ConnectionRefusedError:
+            counts["refused"] += 1
+            continue
+        except OSError:
+            counts["failed"] += 1
+            continue
+        counts["served" if answer == message else "wrong"] += 1
+
+
+async def test_no_connection_refused_across_restarts():
+    """50 restarts of a socket-activated echo server while a client makes 2,000 connections: none refused."""
+    port = free_port()
+    policy = nsup.Policy.from_dict(
+        {
+            "services": {
+                "echo": {
+                    "command": [PYTHON, "-c", ECHO],
+                    "sockets": [{"listen": f"127.0.0.1:{port}"}],
+                    "namespaces": ["pid", "mount", "net"],
+                    "restart": "always",
+                }
+            }
+        }
+    )
+    counts = {"served": 0, "refused": 0, "failed": 0, "wrong": 0}
+    stop = threading.Event()
+    async with nsup.open_supervisor(policy) as sup, trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, _hammer, port, stop, 2000, counts)
+        try:
+            for _ in range(50):
+                await sup.restart("echo")
+        finally:
+            stop.set()
+        assert 50 == sup.status()["echo"].restarts
+    assert counts["served"] >= 2000
+    assert {"refused": 0, "failed": 0, "wrong": 0} == {
+        k: counts[k] for k in ("refused", "failed", "wrong")
+    }

@@ -68,10 +68,7 @@ def _escape(value: str) -> str:
 
 
 def _is_ready(status: ServiceStatus) -> bool:
-    if status.ready:
-        return True
-    last = status.last_exit
-    return status.state == "ended" and last is not None and last.success
+    return status.ready or status.completed  # a oneshot (or any service) that ended successfully
 
 
 def not_ready(sup: Supervisor) -> list[str]:
@@ -131,7 +128,17 @@ def render_metrics(sup: Supervisor, now: float | None = None) -> str:
            [(label(n), float(s.last_exit.exit_code)) for n, s in statuses.items() if s.last_exit is not None])  # fmt: skip
     family("nsup_service_start_time_seconds", "gauge", "Unix time of the service's last start.",
            [(label(n), s.started_at) for n, s in statuses.items() if s.started_at is not None])  # fmt: skip
-    states = ("down", "starting", "up", "stopping", "restarting", "backoff", "ended")
+    states = (
+        "down",
+        "starting",
+        "up",
+        "stopping",
+        "restarting",
+        "backoff",
+        "ended",
+        "failed",
+        "blocked",
+    )
     family("nsup_service_state", "gauge", "1 for the service's current state.",
            [(label(n, state=st), float(s.state == st)) for n, s in statuses.items() for st in states])  # fmt: skip
     for metric, kind, help_text, attr in _RESOURCES:

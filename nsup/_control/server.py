@@ -212,6 +212,8 @@ def status_to_dict(status: ServiceStatus) -> dict[str, Any]:
         },
         "last_reason": status.last_reason,
         "status_text": status.status_text,
+        "blocked": status.blocked,
+        "completed": status.completed,
         "resources": {
             "cpu_seconds": status.cpu_seconds,
             "memory_bytes": status.memory_bytes,
