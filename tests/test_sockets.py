@@ -268,8 +268,13 @@ ECHO = textwrap.dedent(
     os.set_blocking(w, False)
     signal.set_wakeup_fd(w)
     signal.signal(signal.SIGTERM, lambda *_: None)
+    def notify_ready():  # sd_notify(READY=1): only now may nsup stop this run
+        if os.environ.get("NOTIFY_SOCKET"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as n:
+                n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
     assert os.environ["LISTEN_PID"] == str(os.getpid())
     s = socket.socket(fileno=3)
+    notify_ready()
     while True:
         ready, _, _ = select.select([s, r], [], [])
         if r in ready:
@@ -281,27 +286,45 @@ ECHO = textwrap.dedent(
 )
 
 
-def _hammer(port: int, stop: threading.Event, minimum: int, counts: dict[str, int]) -> None:
-    """Connect and echo until *stop* is set and at least *minimum* connections were made."""
-    n = 0
-    while n < minimum or not stop.is_set():
-        n += 1
-        message = b"%d\n" % n
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
-                client.sendall(message)
-                answer = client.recv(64)
-        except ConnectionRefusedError:
-            counts["refused"] += 1
-            continue
-        except OSError:
-            counts["failed"] += 1
-            continue
-        counts["served" if answer == message else "wrong"] += 1
+class Hammer:
+    """Connects and echoes on a thread until stopped; counts what happened, and says when."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.counts = {"served": 0, "refused": 0, "failed": 0, "wrong": 0}
+        self.changed = threading.Condition()
+        self.stop = False
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop:
+            n += 1
+            message = b"%d\n" % n
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=30) as client:
+                    client.sendall(message)
+                    answer = client.recv(64)
+                outcome = "served" if answer == message else "wrong"
+            except ConnectionRefusedError:
+                outcome = "refused"
+            except OSError:
+                outcome = "failed"
+            with self.changed:
+                self.counts[outcome] += 1
+                self.changed.notify_all()
+
+    def wait_served(self, count: int) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.counts["served"] >= count or self.stop, timeout=60)
 
 
 async def test_no_connection_refused_across_restarts():
-    """50 restarts of a socket-activated echo server while a client makes 2,000 connections: none refused."""
+    """50 restarts of a socket-activated echo server while a client makes 2,000 connections: none refused.
+
+    The restarts are spread over the connections: after each one the test
+    waits for 40 more to be served, so connections arrive while runs stop,
+    start, and serve.
+    """
     port = free_port()
     policy = nsup.Policy.from_dict(
         {
@@ -310,22 +333,25 @@ async def test_no_connection_refused_across_restarts():
                     "command": [PYTHON, "-c", ECHO],
                     "sockets": [{"listen": f"127.0.0.1:{port}"}],
                     "namespaces": ["pid", "mount", "net"],
+                    "ready": {"notify": True},
                     "restart": "always",
                 }
             }
         }
     )
-    counts = {"served": 0, "refused": 0, "failed": 0, "wrong": 0}
-    stop = threading.Event()
+    hammer = Hammer(port)
     async with nsup.open_supervisor(policy) as sup, trio.open_nursery() as nursery:
-        nursery.start_soon(trio.to_thread.run_sync, _hammer, port, stop, 2000, counts)
+        nursery.start_soon(trio.to_thread.run_sync, hammer.run)
         try:
-            for _ in range(50):
+            for i in range(1, 51):
                 await sup.restart("echo")
+                await trio.to_thread.run_sync(hammer.wait_served, 40 * i)
         finally:
-            stop.set()
+            with hammer.changed:
+                hammer.stop = True
+                hammer.changed.notify_all()
         assert 50 == sup.status()["echo"].restarts
-    assert counts["served"] >= 2000
+    assert hammer.counts["served"] >= 2000
     assert {"refused": 0, "failed": 0, "wrong": 0} == {
-        k: counts[k] for k in ("refused", "failed", "wrong")
+        k: hammer.counts[k] for k in ("refused", "failed", "wrong")
     }
