@@ -355,3 +355,21 @@ async def test_no_connection_refused_across_restarts():
     assert {"refused": 0, "failed": 0, "wrong": 0} == {
         k: hammer.counts[k] for k in ("refused", "failed", "wrong")
     }
+
+
+async def test_a_service_without_sockets_sees_no_listen_variables(monkeypatch):
+    """nsup's own LISTEN_* (were it socket-activated itself) never reach a service."""
+    for name, value in (("LISTEN_FDS", "1"), ("LISTEN_PID", "1"), ("LISTEN_FDNAMES", "x")):
+        monkeypatch.setenv(name, value)
+    got: list[str] = []
+    policy = nsup.Policy.from_dict(
+        {
+            "services": {
+                "job": {"command": ["sh", "-c", "echo ${LISTEN_FDS-unset}"], "restart": "never"}
+            }
+        }
+    )
+    async with nsup.open_supervisor(policy, output=lambda _n, line: got.append(line)) as sup:
+        with trio.fail_after(10):
+            await sup.done.wait()
+    assert ["unset"] == got

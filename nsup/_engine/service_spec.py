@@ -61,6 +61,8 @@ def spec_for(
         return fd
 
     env = dict(os.environ)
+    for name in ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"):
+        env.pop(name, None)  # nsup's own socket activation, if any, is not the service's
     env.update(service.env)
     env["NSUP_SERVICE"] = instance.name
     env["NSUP_INSTANCE"] = str(instance.index)
