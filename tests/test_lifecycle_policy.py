@@ -9,9 +9,9 @@ from __future__ import annotations
 import socket
 
 import pytest
+from test_policy_errors import issues_of
 
-from nsup._errors import PolicyError
-from nsup._policy import Policy, Socket, load_policy
+from nsup._policy import Policy, Socket
 from nsup._policy.validate import parse_listen
 
 CASES = {
@@ -301,14 +301,6 @@ CASES = {
         ],
     ),
 }
-
-
-def issues_of(tmp_path, text):
-    path = tmp_path / "policy.toml"
-    path.write_text(text)
-    with pytest.raises(PolicyError) as info:
-        load_policy(path)
-    return [(issue.line, issue.key, issue.message) for issue in info.value.errors]
 
 
 @pytest.mark.parametrize(("text", "expected"), CASES.values(), ids=CASES.keys())
