@@ -373,3 +373,59 @@ async def test_a_service_without_sockets_sees_no_listen_variables(monkeypatch):
         with trio.fail_after(10):
             await sup.done.wait()
     assert ["unset"] == got
+
+
+def _echo_policy(
+    port: int, *, marker: str = "a", instances: int = 1, extra_port: int | None = None
+) -> nsup.Policy:
+    sockets = [{"listen": f"127.0.0.1:{port}"}]
+    if extra_port is not None:
+        sockets.append({"listen": f"127.0.0.1:{extra_port}", "name": "extra"})
+    return nsup.Policy.from_dict(
+        {
+            "services": {
+                "echo": {
+                    "command": [PYTHON, "-c", ECHO, marker],
+                    "sockets": sockets,
+                    "namespaces": ["pid", "mount", "net"],
+                    "ready": {"notify": True},
+                    "instances": instances,
+                }
+            }
+        }
+    )
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_sockets_across_reloads_and_instances():
+    """A reload that changes the command keeps the socket (a connection made meanwhile is served);
+    one that changes the sockets rebinds; removing the service closes them; instances share them."""
+    port, extra = free_port(), free_port()
+    async with nsup.open_supervisor(_echo_policy(port, instances=2)) as sup:
+        assert 2 == sum(s.state == "up" for s in sup.status().values())
+        fd_before = sup._sockets["echo"]._socks[0].fileno()
+        hammer = Hammer(port)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, hammer.run)
+            await trio.to_thread.run_sync(hammer.wait_served, 20)
+            await sup.reload(_echo_policy(port, marker="b"))  # both instances stop, two new start
+            served = hammer.counts["served"]
+            await trio.to_thread.run_sync(hammer.wait_served, served + 20)
+            with hammer.changed:
+                hammer.stop = True
+                hammer.changed.notify_all()
+        assert {"refused": 0, "failed": 0, "wrong": 0} == {
+            k: hammer.counts[k] for k in ("refused", "failed", "wrong")
+        }
+        assert fd_before == sup._sockets["echo"]._socks[0].fileno()
+        await sup.reload(_echo_policy(port, marker="b", extra_port=extra))
+        assert _listening(extra)
+        await sup.reload(
+            nsup.Policy.from_dict({"services": {"other": {"command": ["sleep", "100"]}}})
+        )
+        assert not _listening(port)
+        assert not _listening(extra)
