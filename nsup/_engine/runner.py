@@ -58,9 +58,10 @@ from .restart import Action, BackoffCounter, Input, State, transition, wants_res
 from .service_spec import spec_for
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from .._policy import ServiceInstance
+    from .._policy.model import Socket
 
 __all__ = ["Decision", "Runner", "RunnerHost", "ServiceStatus", "permanent_error"]
 
@@ -133,8 +134,8 @@ class RunnerHost(Protocol):
         """The current runner of instance *name*, if there is one."""
         ...
 
-    def listen_fds(self, service: str) -> list[tuple[str, int]]:
-        """The bound sockets of *service* as ``(name, fd)``, bound at the first call and held.
+    def listen_fds(self, service: str, specs: Sequence[Socket]) -> list[tuple[str, int]]:
+        """The bound sockets of *service* (its *specs*) as ``(name, fd)``, bound at the first call and held.
 
         Raises:
             nsup.SpawnError: a socket could not be bound.
@@ -642,7 +643,9 @@ class Runner:
                     notify = NotifySocket(self._host.notify_dir, self.name)
                     await notify.bind()
                 join = self._join_target()
-                listen_fds = self._host.listen_fds(self.instance.service)
+                listen_fds = self._host.listen_fds(
+                    self.instance.service, self.instance.spec.sockets
+                )
                 read_fd, spec, close_after = spec_for(
                     self.instance, notify.path if notify else None, listen_fds, join=join
                 )

@@ -60,9 +60,10 @@ from .runner import QUIET, Decision, Runner, ServiceStatus
 from .sockets import ServiceSockets
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable
+    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
     from .._policy import Policy, ServiceInstance
+    from .._policy.model import Socket
 
 __all__ = ["QUIET", "SPAWN_CONCURRENCY", "GaveUpError", "Supervisor", "open_supervisor"]
 
@@ -246,14 +247,13 @@ class Supervisor:
         """The current runner of *name*, if any."""
         return self.runners.get(name)
 
-    def listen_fds(self, service: str) -> list[tuple[str, int]]:
+    def listen_fds(self, service: str, specs: Sequence[Socket]) -> list[tuple[str, int]]:
         """The bound sockets of *service*: bound at its first start, held until it is removed.
 
         Every instance and every run shares them, so connections queue in
         them while the service restarts.  A reload that changes a service's
-        ``sockets`` binds the new ones at its next start.
+        ``sockets`` (*specs*) binds the new ones at its next start.
         """
-        specs = self.policy.services[service].sockets
         held = self._sockets.get(service)
         if held is not None and held.specs != specs:
             held.close()
