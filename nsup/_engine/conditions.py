@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING
 from .restart import State, succeeded
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .runner import Runner
 
-__all__ = ["completed", "lost", "met"]
+__all__ = ["completed", "decided", "lost", "met", "open_again"]
 
 _WORDS = {
     "started": "to have started",
@@ -72,3 +74,13 @@ def lost(dep: Runner, condition: str) -> str | None:
         how = dep.last_exit if dep.last_exit is not None else "was stopped"
         return f"{want}, which ended ({how}) and will not restart"
     return None
+
+
+def decided(condition: str) -> Callable[[Runner], bool]:
+    """A predicate: the dependency now meets *condition*, or has lost it."""
+    return lambda dep: met(dep, condition) or lost(dep, condition) is not None
+
+
+def open_again(condition: str) -> Callable[[Runner], bool]:
+    """A predicate: the dependency may meet *condition* again (it was started anew)."""
+    return lambda dep: lost(dep, condition) is None

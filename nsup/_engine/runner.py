@@ -422,6 +422,7 @@ class Runner:
             self.generation += 1
             self.error = ""
             self.healthy = False
+            self._joined = None
             self._started_mono = None
             # Made here, not in the task: a STOP may come before the task runs.
             self._abort = trio.CancelScope()
@@ -548,11 +549,9 @@ class Runner:
             if dep.finished:
                 await self._host.wait_runners_changed()
             elif why is not None:
-                await dep.wait_for(lambda r, c=condition: conditions.lost(r, c) is None)  # type: ignore[misc]
+                await dep.wait_for(conditions.open_again(condition))
             else:
-                await dep.wait_for(
-                    lambda r, c=condition: conditions.met(r, c) or conditions.lost(r, c) is not None  # type: ignore[misc]
-                )
+                await dep.wait_for(conditions.decided(condition))
 
     def _set_blocked(self, name: str | None, why: str = "") -> None:
         if self.blocked_on != name or self.blocked_why != why:
