@@ -336,3 +336,25 @@ async def test_sidecar_example(tmp_path):
         with trio.fail_after(20):
             await answered.wait()
     assert "web answered 200 OK on its own loopback" == lines_of(lines, "probe")[0]
+
+
+async def test_sidecar_of_an_owner_that_ended_is_blocked():
+    """The owner ended for good: the sidecar has no namespaces to enter and says so."""
+    policy = nsup.Policy.from_dict(
+        {
+            "services": {
+                "web": {"command": ["sh", "-c", "exit 1"], "restart": "never"},
+                "side": {"command": ["sleep", "1000"], "namespaces_from": "web"},
+            }
+        }
+    )
+    with trio.fail_after(20):
+        async with nsup.open_supervisor(policy) as sup:
+            # The sidecar may have joined web's short life first: wait until it is blocked.
+            await sup.runners["side"].wait_for(lambda r: r.blocked_on is not None)
+            side = sup.status()["side"]
+    assert ("blocked", None) == (side.state, side.pid)
+    assert (
+        "waits for 'web' to have started, which ended (exited with code 1) and will not restart"
+        == side.blocked
+    )
