@@ -111,7 +111,7 @@ async def test_a_failed_oneshot_leaves_its_dependent_unstarted():
 
 
 def test_blocked_event_and_status_from_nsup_run(tmp_path):
-    """`nsup run` logs the blocked event, and `nsup status` shows the state."""
+    """`nsup run` logs the blocked event, and `nsup status` shows the state (another service runs on)."""
     text = textwrap.dedent(
         """
         [supervisor]
@@ -123,9 +123,11 @@ def test_blocked_event_and_status_from_nsup_run(tmp_path):
         [services.web]
         command = ["sleep", "1000"]
         depends_on = { migrate = "completed" }
+        [services.other]
+        command = ["sleep", "1000"]
         """
     )
-    run = NsupRun(write_policy(str(tmp_path), text))
+    run = NsupRun(write_policy(str(tmp_path), text))  # other keeps it running
     try:
         line = run.wait_line("web: blocked")
         assert line.endswith(
@@ -358,3 +360,26 @@ async def test_sidecar_of_an_owner_that_ended_is_blocked():
         "waits for 'web' to have started, which ended (exited with code 1) and will not restart"
         == side.blocked
     )
+
+
+def test_nsup_run_exits_1_when_a_failed_oneshot_leaves_nothing_to_run(tmp_path):
+    """Nothing runs and nothing will: nsup run ends, exit 1, naming the oneshot and the blocked."""
+    text = textwrap.dedent(
+        """
+        [supervisor]
+        control = "ctl.sock"
+        [services.migrate]
+        command = ["sh", "-c", "exit 2"]
+        type = "oneshot"
+        restart = "never"
+        [services.web]
+        command = ["sleep", "1000"]
+        depends_on = { migrate = "completed" }
+        """
+    )
+    run = NsupRun(write_policy(str(tmp_path), text))
+    try:
+        assert 1 == run.proc.wait(timeout=30)
+        assert "nsup: every service has ended; failed: migrate, web" == run.wait_line("failed: ")
+    finally:
+        run.stop()

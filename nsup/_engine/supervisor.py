@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .._errors import NsupError
+from . import conditions
 from .events import Event, EventBus
 from .output import prefix_writer
 from .restart import Input, Intensity, State
@@ -130,6 +131,7 @@ class Supervisor:
         self._reload_lock = trio.Lock()
         self._spawn_limiter = trio.CapacityLimiter(SPAWN_CONCURRENCY)
         self._sockets: dict[str, ServiceSockets] = {}  # per service, held across its restarts
+        self._failed_at_end: list[str] = []  # failed() when everything had ended by itself
 
     @property
     def stopping(self) -> bool:
@@ -333,9 +335,8 @@ class Supervisor:
         del runner
         if self._stopping or self._group_busy or self.done.is_set():
             return
-        if self.runners and all(
-            r.state in (State.ENDED, State.FAILED) and not r.running for r in self.runners.values()
-        ):
+        if self.runners and all(_done(r) for r in self.runners.values()):
+            self._failed_at_end = self.failed()  # stopping the blocked ones unblocks them
             self._finish()
 
     # --- the public API ---------------------------------------------------------
@@ -345,9 +346,15 @@ class Supervisor:
         return {name: self.runners[name].snapshot() for name in self.order if name in self.runners}
 
     def failed(self) -> list[str]:
-        """The instances in the ``failed`` state."""
+        """The instances that failed.
+
+        Those in the ``failed`` state, oneshots that ended without success,
+        and those ``blocked`` on a dependency that will not meet their condition.
+        """
         return [
-            n for n in self.order if n in self.runners and self.runners[n].state is State.FAILED
+            n
+            for n in self.order
+            if n in self._failed_at_end or (n in self.runners and _failed(self.runners[n]))
         ]
 
     def _named(self, names: Iterable[str]) -> list[Runner]:
@@ -448,6 +455,20 @@ class Supervisor:
         self._own_intensity.pop(name, None)
         if runner is not None:
             runner.close()
+
+
+def _done(runner: Runner) -> bool:
+    """Nothing runs and nothing will without being asked: ended, failed, or blocked for good."""
+    if runner.running:
+        return False
+    return runner.state in (State.ENDED, State.FAILED) or runner.blocked_on is not None
+
+
+def _failed(runner: Runner) -> bool:
+    if runner.state is State.FAILED or runner.blocked_on is not None:
+        return True
+    oneshot = runner.instance.spec.type == "oneshot"
+    return oneshot and runner.state is State.ENDED and not conditions.completed(runner)
 
 
 @asynccontextmanager
