@@ -43,6 +43,7 @@ from ._policy.model import HealthProbe as HealthProbe
 from ._policy.model import PolicyIssue as PolicyIssue
 from ._policy.model import Probe as Probe
 from ._policy.model import Service as Service
+from ._policy.model import Socket as Socket
 from ._policy.model import Stop as Stop
 from ._policy.model import SupervisorConfig as SupervisorConfig
 from ._process import Process as Process

@@ -374,6 +374,8 @@ class CgroupStatistics:
         cpu_throttled_seconds: time its processes were held back by ``cpu``.
         cpu_periods_throttled: how many scheduling periods were throttled.
         memory_bytes: memory charged to it now.
+        memory_peak_bytes: the most memory charged to it at once (v2
+            ``memory.peak``, Linux 5.19; v1 ``memory.max_usage_in_bytes``).
         pids: tasks in it now.
         oom_kills: processes the OOM killer ended in it.
 
@@ -385,6 +387,7 @@ class CgroupStatistics:
     memory_bytes: int | None = None
     pids: int | None = None
     oom_kills: int = 0
+    memory_peak_bytes: int | None = None
 
 
 class Cgroup:
@@ -450,12 +453,16 @@ class Cgroup:
         path = self._file("memory", "memory.current", "memory.usage_in_bytes")
         if path is not None:
             memory = _number(path)
+        path = self._file("memory", "memory.peak", "memory.max_usage_in_bytes")
+        peak = None if path is None else _number(path)
         path = self._file("pids", "pids.current", "pids.current")
         if path is not None:
             pids = _number(path)
         elif self.paths:
             pids = len(self.members())
-        return CgroupStatistics(cpu_seconds, throttled, periods, memory, pids, self.oom_kills())
+        return CgroupStatistics(
+            cpu_seconds, throttled, periods, memory, pids, self.oom_kills(), memory_peak_bytes=peak
+        )
 
     def members(self) -> set[int]:
         """Return the pids in any of this child's cgroups."""

@@ -330,9 +330,15 @@ def _request(spec: ProcessSpec, targets: list[int], rootfs: str | None) -> dict[
     ]
     if "pid" in spec.namespaces and "mount" in spec.namespaces:
         mounts.append(("proc", "/proc", None, False, ""))
+    env = dict(os.environ if spec.env is None else spec.env)
+    if spec.listen_fds:
+        env["LISTEN_FDS"] = str(len(spec.listen_fds))
+        env["LISTEN_FDNAMES"] = ":".join(name for name, _fd in spec.listen_fds)
+        env.pop("LISTEN_PID", None)  # set in the child, to the command's own pid
     return {
         "argv": list(spec.argv),
-        "env": dict(os.environ if spec.env is None else spec.env),
+        "env": env,
+        "listen_pid": bool(spec.listen_fds),
         "flags": flags,
         "init": spec.has_init,
         "hostname": spec.hostname,
@@ -453,9 +459,10 @@ async def start_process(spec: ProcessSpec) -> Process:
         stdio, ours = _stdio_fds(spec, child_ends)
         for _attr, fd in ours:
             cleanup_on_fail.callback(os.close, fd)
-        targets = [0, 1, 2, *spec.pass_fds]
+        listen = range(3, 3 + len(spec.listen_fds))
+        targets = [0, 1, 2, *listen, *spec.pass_fds]
         request = _request(spec, targets, rootfs)
-        fds = [report_w, *stdio, *spec.pass_fds.values()]
+        fds = [report_w, *stdio, *(fd for _name, fd in spec.listen_fds), *spec.pass_fds.values()]
         if spec.join is not None:
             if spec.join.status is not None or spec.join.pidfd < 0:
                 raise SpawnError(3, f"'join' names {spec.join!r}, which has exited", "setns")

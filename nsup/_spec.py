@@ -116,6 +116,34 @@ def _pass_fds(value: object) -> Mapping[int, int]:
     return result
 
 
+# systemd's rule for a descriptor name: printable ASCII but ':', at most 255 characters.
+_FD_NAME_CHARS = frozenset(map(chr, range(0x21, 0x7F))) - {":"}
+
+
+def _listen_fd(item: object) -> tuple[str, int]:
+    name, fd = item if isinstance(item, tuple) and len(item) == 2 else ("unknown", item)
+    if hasattr(fd, "fileno"):
+        fd = fd.fileno()
+    if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
+        raise SpecError(
+            f"'listen_fds' items must be sockets, descriptors or (name, socket) pairs (got {item!r})"
+        )
+    if not isinstance(name, str) or not 0 < len(name) <= 255 or not _FD_NAME_CHARS.issuperset(name):
+        raise SpecError(
+            f"'listen_fds' names must be 1 to 255 printable ASCII characters without "
+            f"spaces or ':' (got {name!r})"
+        )
+    return name, fd
+
+
+def _listen_fds(value: object) -> tuple[tuple[str, int], ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise SpecError(
+            f"'listen_fds' must be a list of sockets or (name, socket) pairs (got {value!r})"
+        )
+    return tuple(_listen_fd(item) for item in value)
+
+
 def _mounts(value: object) -> tuple[Mount, ...]:
     if not isinstance(value, Iterable) or isinstance(value, str):
         raise SpecError(f"'mounts' must be a list of nsup.Mount (got {value!r})")
@@ -266,12 +294,24 @@ class ProcessSpec:
             a file descriptor to pass.
         pass_fds: more descriptors to pass, as a list (same numbers) or a
             ``{target: source}`` mapping.
+        listen_fds: listening sockets for socket activation, as
+            ``sd_listen_fds(3)`` reads them: each a socket (or descriptor) or a
+            ``(name, socket)`` pair.  They become descriptors 3, 4, ... in
+            order, and the command's environment gets ``LISTEN_FDS``,
+            ``LISTEN_FDNAMES`` (``unknown`` for a socket without a name) and
+            ``LISTEN_PID``, set to the command's own pid (with nsup's init, the
+            init sets it once the command's pid is known).  The caller keeps
+            the sockets open, across as many spawns as it likes.
         mounts: ``nsup.Mount`` entries applied in order; needs ``mount``.
         new_session: start the child in a new session (``setsid``), away from
             the terminal's signals.
         join: a running :class:`nsup.Process` whose namespaces the child
             enters (``setns`` on its pidfd) instead of creating new ones, as
-            ``nsenter`` does; used for ``exec`` probes.  Needs ``namespaces=()``.
+            ``nsenter`` does; used for ``exec`` probes and sidecars.  Needs
+            ``namespaces=()``.  With ``init``, nsup's init (a subreaper, in
+            the caller's PID namespace) starts the command inside the joined
+            PID namespace, as ``nsenter --fork`` does; with ``init=False`` the
+            command itself stays outside it and only its children enter it.
         stop_signal, stop_timeout: how the child is stopped when its block
             ends or is cancelled: this signal, then SIGKILL after the timeout.
         limits: an ``nsup.Limits``: ``memory``, ``pids`` and ``cpu`` (cores)
@@ -316,6 +356,7 @@ class ProcessSpec:
     stdout: StdioMode = attrs.field(default="inherit", converter=_stdio)
     stderr: StdioMode = attrs.field(default="inherit", converter=_stdio)
     pass_fds: Mapping[int, int] = attrs.field(factory=dict, converter=_pass_fds)
+    listen_fds: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_listen_fds)
     mounts: tuple[Mount, ...] = attrs.field(default=(), converter=_mounts)
     new_session: bool = False
     stop_signal: signal.Signals = attrs.field(default=signal.SIGTERM, converter=_signal)
@@ -352,6 +393,12 @@ class ProcessSpec:
                 raise SpecError(f"{name!r} needs the {namespace!r} namespace; add it to namespaces")
         if self.hostname is not None and not 0 < len(self.hostname.encode()) <= 64:
             raise SpecError(f"'hostname' must be 1 to 64 bytes (got {self.hostname!r})")
+        taken = sorted(set(self.pass_fds) & set(range(3, 3 + len(self.listen_fds))))
+        if taken:
+            raise SpecError(
+                f"'pass_fds' targets {taken} clash with 'listen_fds', which take descriptors "
+                f"3 to {2 + len(self.listen_fds)}; move them above"
+            )
         for mount in self.mounts:
             if ".." in mount.target.split("/"):
                 where = "the rootfs" if self.rootfs else "its place"
@@ -390,4 +437,4 @@ class ProcessSpec:
     @property
     def has_init(self) -> bool:
         """True when nsup's init runs the command: as PID 1 with a ``pid`` namespace, else as subreaper."""
-        return self.init and self.join is None
+        return self.init

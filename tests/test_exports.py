@@ -11,7 +11,7 @@ import nsup.testing
 PUBLIC = [
     "Backoff", "CgroupStatistics", "Event", "ExitStatus", "GaveUpError", "HealthProbe", "Limits",
     "Mount", "NsupError", "Policy", "PolicyError", "PolicyIssue", "Probe", "Process",
-    "ProcessSpec", "Service", "ServiceInstance", "ServiceStatus", "SpawnError", "SpecError",
+    "ProcessSpec", "Service", "ServiceInstance", "ServiceStatus", "Socket", "SpawnError", "SpecError",
     "Stop", "Supervisor", "SupervisorConfig", "load_policy", "open_supervisor", "spawn",
 ]  # fmt: skip
 

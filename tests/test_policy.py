@@ -127,7 +127,7 @@ class TestValid:
         assert Probe(kind="tcp", tcp=("127.0.0.1", 5432), timeout=30.0) == db.ready
         assert db.namespaces == DEFAULT_NAMESPACES
         web = policy.services["web"]
-        assert web.depends_on == ("db",)
+        assert {"db": "ready"} == web.depends_on
         assert Backoff(0.1, 30.0, 2.0, 0.1, 60.0) == web.backoff
         assert frozenset({"pid", "mount", "uts", "ipc", "net"}) == web.namespaces
         assert dict(web.env) == {"PORT": "8080"}
@@ -302,11 +302,11 @@ class TestExpanded:
         assert policy.dependency_order() == ("db", "cache", "web", "cron")
         expanded = policy.expanded()
         assert [(i.name, i.service, i.index, i.depends_on) for i in expanded] == [
-            ("db", "db", 0, ()),
-            ("cache", "cache", 0, ("db",)),
-            ("web.0", "web", 0, ("db", "cache")),
-            ("web.1", "web", 1, ("db", "cache")),
-            ("cron", "cron", 0, ("web.0", "web.1")),
+            ("db", "db", 0, {}),
+            ("cache", "cache", 0, {"db": "ready"}),
+            ("web.0", "web", 0, {"db": "ready", "cache": "ready"}),
+            ("web.1", "web", 1, {"db": "ready", "cache": "ready"}),
+            ("cron", "cron", 0, {"web.0": "ready", "web.1": "ready"}),
         ]
         assert policy.services["web"] is expanded[2].spec
 

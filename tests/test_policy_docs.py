@@ -24,6 +24,7 @@ from nsup._policy.model import (
     OutputFile,
     Probe,
     Service,
+    Socket,
     Stop,
     SupervisorConfig,
 )
@@ -35,6 +36,7 @@ from nsup._policy.schema import (
     OUTPUT_FIELDS,
     READY_FIELDS,
     SERVICE_FIELDS,
+    SOCKET_FIELDS,
     STOP_FIELDS,
     SUPERVISOR_FIELDS,
 )
@@ -51,6 +53,7 @@ TABLES = {
     "services.NAME.health": (HEALTH_FIELDS, HealthProbe),
     "services.NAME.stdout": (OUTPUT_FIELDS, OutputFile),
     "services.NAME.mounts[]": (MOUNT_FIELDS, Mount),
+    "services.NAME.sockets[]": (SOCKET_FIELDS, Socket),
 }
 # Model attributes that are not keys: the probe kind is which key was given,
 # and the rlimits mapping holds one key per rlimit.

@@ -15,10 +15,11 @@ from nsup._policy import load_policy
 
 W = '[services.web]\ncommand = "x"\n'
 SERVICE_KEYS = (
-    "'command', 'depends_on', 'restart', 'backoff', 'namespaces', 'init', 'hostname', "
-    "'env', 'env_file', 'env_inherit', 'cwd', 'stop', 'limits', 'ready', 'health', "
-    "'instances', 'stdout', 'stderr', 'mounts', 'rootfs', 'uid_map', 'gid_map', 'user', "
-    "'group', 'groups', 'umask', 'capabilities' and 'no_new_privs'"
+    "'command', 'type', 'depends_on', 'restart', 'success_codes', 'backoff', 'namespaces', "
+    "'namespaces_from', 'init', 'hostname', 'env', 'env_file', 'env_inherit', 'sockets', "
+    "'cwd', 'stop', 'limits', 'ready', 'health', 'instances', 'stdout', 'stderr', "
+    "'mounts', 'rootfs', 'uid_map', 'gid_map', 'user', 'group', 'groups', 'umask', "
+    "'capabilities' and 'no_new_privs'"
 )
 DURATION = "a duration such as '250ms', '5s', '2m', '1h' or '1m30s', or a number of seconds"
 SIZE = "a size such as '64K', '256M' or '1G' (binary multiples), or a number of bytes"
@@ -353,7 +354,10 @@ CASES = {
             (
                 3,
                 "services.web.depends_on",
-                "'services.web.depends_on' must be a list of strings (got 'db')",
+                (
+                    "'services.web.depends_on' must be a list of service names or a table of "
+                    "service = condition, such as { db = \"ready\" } (got 'db')"
+                ),
             )
         ],
     ),

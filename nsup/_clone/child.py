@@ -329,7 +329,11 @@ def child_main(
         if req["init"]:
             # Signals stay blocked for init.  Without a PID namespace it is a subreaper.
             subreaper = not req["flags"] & CLONE_FLAGS["pid"]
-            _init.run_init(path, argv, env, report_fd, subreaper=subreaper)
+            _init.run_init(
+                path, argv, env, report_fd, subreaper=subreaper, listen_pid=req["listen_pid"]
+            )
+        if req["listen_pid"]:
+            env["LISTEN_PID"] = str(os.getpid())  # the command is this very process
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         _stage("exec", os.execve, path, argv, env)
     except _StageError as exc:

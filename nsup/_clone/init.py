@@ -125,20 +125,31 @@ def _reap(main_pid: int) -> int | None:
             status = wait_status
 
 
-def _spawn_tied(path: str, argv: list[str], env: dict[str, str]) -> int:
-    """Start the command with ``PR_SET_PDEATHSIG(SIGKILL)``: it dies when the init dies.
+def _fork_exec(
+    path: str, argv: list[str], env: dict[str, str], *, tied: bool, listen_pid: bool
+) -> int:
+    """Fork (safe: the init has one thread), arm what posix_spawn cannot, exec.
 
-    posix_spawn cannot arm that, so this forks (safe: the init has one
-    thread) and reports an exec failure over a close-on-exec pipe.
+    With *tied*, the command gets ``PR_SET_PDEATHSIG(SIGKILL)``: it dies when
+    the init dies.  With *listen_pid* (socket activation), ``LISTEN_PID`` is
+    set to the command's own pid, which only the child knows before exec.  An
+    exec failure comes back over a close-on-exec pipe, as ``_posixsubprocess``
+    does.
     """
     init_pid = os.getpid()
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         try:
-            _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != init_pid:
-                os._exit(128 + signal.SIGKILL)  # the init died before the signal was armed
+            if tied:
+                _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+                # 0: the init is outside our PID namespace (a joined one, for a
+                # sidecar) and so still our parent: an orphan is always adopted
+                # inside its own namespace.
+                if os.getppid() not in (init_pid, 0):
+                    os._exit(128 + signal.SIGKILL)  # the init died before the signal was armed
+            if listen_pid:
+                env["LISTEN_PID"] = str(os.getpid())
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
             os.execve(path, argv, env)  # noqa: S606 - the command's own argv, as posix_spawn
         except OSError as exc:
@@ -156,24 +167,30 @@ def _spawn_tied(path: str, argv: list[str], env: dict[str, str]) -> int:
     return pid
 
 
-def _start_command(path: str, argv: list[str], env: dict[str, str], *, subreaper: bool) -> int:
-    if subreaper:
-        return _spawn_tied(path, argv, env)
+def _start_command(
+    path: str, argv: list[str], env: dict[str, str], *, subreaper: bool, listen_pid: bool
+) -> int:
+    """Start the command with an empty signal mask; posix_spawn (a vfork) unless a fork must arm more."""
+    if subreaper or listen_pid:
+        return _fork_exec(path, argv, env, tied=subreaper, listen_pid=listen_pid)
     return os.posix_spawn(path, argv, env, setsigmask=())
 
 
-def run_init(
+def run_init(  # noqa: PLR0913 - the command, its report pipe, and two switches
     path: str,
     argv: list[str],
     env: dict[str, str],
     report_fd: int,
     *,
     subreaper: bool = False,
+    listen_pid: bool = False,
 ) -> NoReturn:
     """Be PID 1: spawn *path* with *argv* and *env*, forward signals, reap, exit.
 
-    Once the command runs, init closes every descriptor but 0, 1, 2 and
-    *report_fd*: what the command was given is the command's alone.
+    With *listen_pid*, the command's environment gets ``LISTEN_PID`` set to
+    its own pid (socket activation).  Once the command runs, init closes
+    every descriptor but 0, 1, 2 and *report_fd*: what the command was given
+    is the command's alone.
     """
     parent = os.getppid()
     if subreaper:
@@ -182,7 +199,7 @@ def run_init(
         if os.getppid() != parent:
             os._exit(1)  # the supervisor died while the signal was being changed
     try:
-        pid = _start_command(path, argv, env, subreaper=subreaper)
+        pid = _start_command(path, argv, env, subreaper=subreaper, listen_pid=listen_pid)
     except OSError as exc:
         os.write(report_fd, b"Eexec:%d\n" % (exc.errno or 0))
         os._exit(127)

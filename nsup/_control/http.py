@@ -91,10 +91,7 @@ def _escape(value: str) -> str:
 
 
 def _is_ready(status: ServiceStatus) -> bool:
-    if status.ready:
-        return True
-    last = status.last_exit
-    return status.state == "ended" and last is not None and last.success
+    return status.ready or status.completed  # a oneshot (or any service) that ended successfully
 
 
 def not_ready(sup: Supervisor) -> list[str]:
@@ -109,7 +106,11 @@ def render_metrics(sup: Supervisor, now: float | None = None) -> str:
     ``nsup_service_ready``, ``nsup_service_restarts_total``,
     ``nsup_service_last_exit_code`` (only once it has exited),
     ``nsup_service_start_time_seconds`` (only once it has started) and
-    ``nsup_service_state`` (1 for the current state).  For the supervisor:
+    ``nsup_service_state`` (1 for the current state), and from the service's
+    cgroup, where a hierarchy counts them, ``nsup_service_cpu_seconds_total``,
+    ``nsup_service_memory_bytes``, ``nsup_service_memory_peak_bytes`` and
+    ``nsup_service_tasks`` (of the running process: they start again at each
+    restart), and ``nsup_service_oom_kills_total``.  For the supervisor:
     ``nsup_supervisor_uptime_seconds``, ``nsup_supervisor_start_time_seconds``,
     ``nsup_supervisor_children`` and ``nsup_supervisor_services``.
     """
@@ -157,15 +158,42 @@ def render_metrics(sup: Supervisor, now: float | None = None) -> str:
     family("nsup_log_dropped_lines_total", "counter",
            "Lines a log file, the journal or syslog did not take (a failed write, an absent or full receiver).",
            [(f'{{target="{_escape(t)}"}}', float(n)) for t, n in sorted(sup.routes.dropped().items())])  # fmt: skip
-    states = ("down", "starting", "up", "stopping", "restarting", "backoff", "ended")
+    states = (
+        "down",
+        "starting",
+        "up",
+        "stopping",
+        "restarting",
+        "backoff",
+        "ended",
+        "failed",
+        "blocked",
+    )
     family("nsup_service_state", "gauge", "1 for the service's current state.",
            [(label(n, state=st), float(s.state == st)) for n, s in statuses.items() for st in states])  # fmt: skip
+    for metric, kind, help_text, attr in _RESOURCES:
+        samples = [(label(n), float(v)) for n, s in statuses.items() if (v := getattr(s, attr)) is not None]  # fmt: skip
+        family(metric, kind, help_text, samples)
     lines = []
     for name, kind, help_text, samples in families:
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
         lines.extend(f"{name}{labels} {value!r}" for labels, value in samples)
     return "\n".join(lines) + "\n"
+
+
+# Per-service figures from the cgroup: (metric, type, help, ServiceStatus attribute).
+_RESOURCES = (
+    ("nsup_service_cpu_seconds_total", "counter",
+     "CPU time used by the service's running process and its descendants.", "cpu_seconds"),
+    ("nsup_service_memory_bytes", "gauge", "Memory charged to the service's cgroup now.",
+     "memory_bytes"),
+    ("nsup_service_memory_peak_bytes", "gauge",
+     "Most memory charged to the service's cgroup at once during this run.", "memory_peak_bytes"),
+    ("nsup_service_tasks", "gauge", "Tasks in the service's cgroup now.", "tasks"),
+    ("nsup_service_oom_kills_total", "counter",
+     "Processes of the service that the kernel's OOM killer ended.", "oom_kills"),
+)  # fmt: skip
 
 
 class HealthServer:

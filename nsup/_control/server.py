@@ -233,6 +233,15 @@ def status_to_dict(status: ServiceStatus) -> dict[str, Any]:
         },
         "last_reason": status.last_reason,
         "status_text": status.status_text,
+        "blocked": status.blocked,
+        "completed": status.completed,
+        "resources": {
+            "cpu_seconds": status.cpu_seconds,
+            "memory_bytes": status.memory_bytes,
+            "memory_peak_bytes": status.memory_peak_bytes,
+            "tasks": status.tasks,
+            "oom_kills": status.oom_kills,
+        },
     }
 
 

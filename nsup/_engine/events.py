@@ -30,6 +30,7 @@ EventKind = Literal[
     "gave_up",  # restart intensity exceeded: nsup stops everything
     "failed",  # the service is left failed (permanent spawn error, its give-up, an internal error)
     "spawn_failed",  # the command could not be started; message says why
+    "blocked",  # it waits for a dependency that failed or ended for good; message says which
     "status",  # the service sent STATUS= over its notify socket
     "lagged",  # the last event of a subscriber that fell too far behind: it was dropped
 ]

@@ -171,6 +171,7 @@ async def exec_probe(argv: tuple[str, ...], proc: Process, limit: float) -> bool
         stderr="null",
         stdin="null",
         join=proc,
+        init=False,  # a probe needs no reaper; it only has to exit
         stop_timeout=1.0,
     )
     with trio.move_on_after(limit):

@@ -21,6 +21,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from .._exitstatus import ExitStatus
     from .._policy.model import Backoff
 
@@ -32,6 +34,7 @@ __all__ = [
     "Input",
     "Intensity",
     "State",
+    "succeeded",
     "transition",
     "wants_restart",
 ]
@@ -134,13 +137,18 @@ def transition(state: State, event: Input) -> tuple[Action, State]:
     return TRANSITIONS.get((state, event), (Action.NONE, state))
 
 
-def wants_restart(rule: str, status: ExitStatus) -> bool:
+def succeeded(status: ExitStatus, success_codes: Collection[int] = ()) -> bool:
+    """True when *status* is an exit with code 0 or one of *success_codes* (not a signal)."""
+    return status.success or (status.signal is None and status.code in success_codes)
+
+
+def wants_restart(rule: str, status: ExitStatus, success_codes: Collection[int] = ()) -> bool:
     """Apply a service's ``restart`` rule to how it ended."""
     if rule == "always":
         return True
     if rule == "never":
         return False
-    return not status.success  # on-failure: a non-zero exit or death by signal
+    return not succeeded(status, success_codes)  # on-failure: another exit, or death by signal
 
 
 MAX_EXPONENT = 1024

@@ -45,9 +45,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import attrs
 import trio
 
+from .._cgroup import CgroupStatistics
 from .._errors import SpawnError
 from .._exitstatus import ExitStatus
 from .._process import Process, start_process
+from . import conditions
 from .events import Event, EventKind
 from .notify import NotifySocket
 from .output import Line, Stream, pump_lines
@@ -57,10 +59,10 @@ from .restart import Action, BackoffCounter, Input, State, transition, wants_res
 from .service_spec import spec_for
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from .._policy import ServiceInstance
-    from .._policy.model import OutputFile
+    from .._policy.model import OutputFile, Socket
 
 __all__ = ["Decision", "Runner", "RunnerHost", "ServiceStatus", "permanent_error"]
 
@@ -137,6 +139,15 @@ class RunnerHost(Protocol):
         """The current runner of instance *name*, if there is one."""
         ...
 
+    def listen_fds(self, service: str, specs: Sequence[Socket]) -> list[tuple[str, int]]:
+        """The bound sockets of *service* (its *specs*) as ``(name, fd)``, bound at the first call and held.
+
+        Raises:
+            nsup.SpawnError: a socket could not be bound.
+
+        """
+        ...
+
     def dependents(self, name: str) -> list[Runner]:
         """The runners whose instance depends on *name*."""
         ...
@@ -164,7 +175,8 @@ class ServiceStatus:
     Attributes:
         name: the instance name.
         state: ``down``, ``starting``, ``up``, ``stopping``, ``restarting``,
-            ``backoff``, ``ended`` or ``failed``.
+            ``backoff``, ``ended`` or ``failed``; or ``blocked`` while it waits
+            for a dependency that cannot meet its condition (see ``blocked``).
         pid: the child's pid while it runs.
         started_at: ``time.time()`` of the last start, or None.
         restarts: automatic restarts so far.
@@ -175,6 +187,14 @@ class ServiceStatus:
         status_text: the last ``STATUS=`` it sent over its notify socket.
         error: why it is ``failed`` (a permanent spawn error, its give-up, or
             an internal error), else ``""``.
+        cpu_seconds, memory_bytes, memory_peak_bytes, tasks: what the running
+            process's cgroup has counted (CPU time and peak memory of this
+            run), or None where no cgroup hierarchy counts it or nothing runs.
+        oom_kills: processes of this service the kernel's OOM killer ended.
+        blocked: while ``blocked``, why: which dependency it waits for, and
+            why that cannot happen as things stand; else ``""``.
+        completed: it ended successfully (exit 0 or one of its
+            ``success_codes``) and is left ended: a oneshot that is done.
     """
 
     name: str
@@ -187,6 +207,13 @@ class ServiceStatus:
     ready: bool
     status_text: str
     error: str = ""
+    cpu_seconds: float | None = None
+    memory_bytes: int | None = None
+    memory_peak_bytes: int | None = None
+    tasks: int | None = None
+    oom_kills: int = 0
+    blocked: str = ""
+    completed: bool = False
 
     @property
     def uptime(self) -> float | None:
@@ -228,8 +255,13 @@ class Runner:
         self.status_text = ""
         self.error = ""
         self.blocked_on: str | None = None  # a dependency that ended or failed
+        self.blocked_why = ""  # and why it cannot meet what this instance waits for
+        self.healthy = False  # its health probe has passed since this run started
+        self._joined: Process | None = None  # the namespace owner's process this run entered
+        self._rejoin = False  # this run ended because its namespace owner's did
         self.finished = False  # the runner's task has ended
         self.traceback = ""  # the full traceback of an internal error, for debugging
+        self.oom_kills = 0  # in runs that have ended
         self._changed = trio.Event()
         self._backoff = BackoffCounter(instance.spec.backoff)
         self._send, self._inbox = trio.open_memory_channel[tuple[Input, int | None, Any]](math.inf)
@@ -250,9 +282,10 @@ class Runner:
     def snapshot(self) -> ServiceStatus:
         """The current :class:`ServiceStatus`."""
         running = self.proc is not None and self.proc.status is None
+        stats = self.proc.statistics() if running and self.proc is not None else CgroupStatistics()
         return ServiceStatus(
             name=self.name,
-            state=self.state.value,
+            state="blocked" if self.blocked_on is not None else self.state.value,
             pid=self.proc.pid if running and self.proc is not None else None,
             started_at=self.started_at,
             restarts=self.restarts,
@@ -261,6 +294,13 @@ class Runner:
             ready=self.state is State.UP,
             status_text=self.status_text,
             error=self.error,
+            cpu_seconds=stats.cpu_seconds,
+            memory_bytes=stats.memory_bytes,
+            memory_peak_bytes=stats.memory_peak_bytes,
+            tasks=stats.pids,
+            oom_kills=self.oom_kills + stats.oom_kills,
+            blocked=self.blocked_why,
+            completed=conditions.completed(self),
         )
 
     @property
@@ -381,9 +421,13 @@ class Runner:
         assert self._nursery is not None  # noqa: S101 - set before the first input
         if event in (Input.EXIT_RESTART, Input.EXIT_FINAL):
             self._record_exit(payload)
+        if event is Input.EXIT_FINAL and self._rejoin:
+            self._follow_owner_restart()
         if action is Action.SPAWN:
             self.generation += 1
             self.error = ""
+            self.healthy = False
+            self._joined = None
             self._started_mono = None
             # Made here, not in the task: a STOP may come before the task runs.
             self._abort = trio.CancelScope()
@@ -413,6 +457,22 @@ class Runner:
         elif action is Action.FAIL:
             self.last_reason = "spawn failed"
             self._fail(str(payload))
+
+    def _follow_owner_restart(self) -> None:
+        """Start again, into the new namespaces, once the namespace owner runs again.
+
+        The run ended because the owner's process did (with a PID namespace,
+        the kernel ended it; without, nsup stopped it): that is not a failure,
+        so it neither backs off nor counts toward intensity.
+        """
+        self._rejoin = False
+        if self.state is State.ENDED:  # not when it was being stopped anyway
+            owner = self.instance.spec.namespaces_from
+            self.restarts += 1
+            self._publish(
+                "restarting", delay=0.0, message=f"with {owner!r}, whose namespaces it shares"
+            )
+            self.send(Input.START)
 
     def _record_exit(self, status: ExitStatus | None) -> None:
         """Keep how the last run ended and why nsup ended it, if it did; nothing older."""
@@ -470,35 +530,40 @@ class Runner:
     # --- one run of the process ----------------------------------------------
 
     async def _wait_dependencies(self) -> None:
-        """Return once every dependency is up and ready at the same time.
+        """Return once every dependency meets its condition at the same time.
 
-        Waits on the dependencies' states, not on a one-shot event, so a
-        dependency that fails before its first ready and then comes up
-        releases its dependents.  While one has ended or failed, this
-        instance is ``blocked_on`` it (and counts as settled for start-up).
+        Waits on the dependencies' states (see ``conditions.py``), not on a
+        one-shot event, so a dependency that fails before its first ready and
+        then comes up releases its dependents.  While one cannot meet its
+        condition (it failed, or ended for good), this instance is
+        ``blocked_on`` it, says why in a ``blocked`` event, and counts as
+        settled for start-up.
         """
         while True:
             pending = [
-                r
-                for name in self.instance.depends_on
-                if (r := self._host.dependency(name)) is not None and r.state is not State.UP
+                (r, condition)
+                for name, condition in self.instance.depends_on.items()
+                if (r := self._host.dependency(name)) is not None
+                and not conditions.met(r, condition)
             ]
             if not pending:
                 return
-            dep = pending[0]
+            dep, condition = pending[0]
+            why = conditions.lost(dep, condition)
+            self._set_blocked(dep.name if why else None, why or "")
             if dep.finished:
-                self._set_blocked(dep.name)
                 await self._host.wait_runners_changed()
-            elif dep.state in TERMINAL:
-                self._set_blocked(dep.name)
-                await dep.wait_for(lambda r: r.state not in TERMINAL or r.finished)
+            elif why is not None:
+                await dep.wait_for(conditions.open_again(condition))
             else:
-                self._set_blocked(None)
-                await dep.wait_for(lambda r: r.state in (State.UP, *TERMINAL) or r.finished)
+                await dep.wait_for(conditions.decided(condition))
 
-    def _set_blocked(self, name: str | None) -> None:
-        if self.blocked_on != name:
+    def _set_blocked(self, name: str | None, why: str = "") -> None:
+        if self.blocked_on != name or self.blocked_why != why:
             self.blocked_on = name
+            self.blocked_why = why
+            if why:
+                self._publish("blocked", message=why)
             self._notify()
 
     async def _incarnation(self, generation: int, abort: trio.CancelScope) -> None:
@@ -518,6 +583,7 @@ class Runner:
         proc, notify, read_fds = started
         # Cancelled or failed here: run()'s teardown stops the process.
         status = await self._supervise(proc, generation, notify, read_fds)
+        self.oom_kills += proc.statistics().oom_kills  # its cgroup goes with it
         with trio.CancelScope(shield=True):
             await proc.aclose()  # reaped already: this closes its descriptors
         self.proc = None
@@ -525,8 +591,44 @@ class Runner:
 
     def _report_exit(self, generation: int, status: ExitStatus) -> None:
         """Feed the exit to the table, as its restart rule classes it."""
-        restart = wants_restart(self.instance.spec.restart, status)
+        if self._joined is not None and (self._rejoin or self._owner_proc() is not self._joined):
+            self._rejoin = True  # its namespace owner's run ended: see _follow_owner_restart
+            self.send(Input.EXIT_FINAL, generation, status)
+            return
+        spec = self.instance.spec
+        restart = wants_restart(spec.restart, status, spec.success_codes)
         self.send(Input.EXIT_RESTART if restart else Input.EXIT_FINAL, generation, status)
+
+    def _join_target(self) -> Process | None:
+        """The process whose namespaces this run enters, for ``namespaces_from``.
+
+        Raises:
+            nsup.SpawnError: the owner is not running (transient: retried with backoff).
+
+        """
+        owner = self.instance.spec.namespaces_from
+        if owner is None:
+            return None
+        proc = self._owner_proc()
+        if proc is None:
+            message = f"{owner!r}, whose namespaces it enters, is not running"
+            raise SpawnError(_errno.ESRCH, message, "setns")
+        return proc
+
+    def _owner_proc(self) -> Process | None:
+        """The running process of the service whose namespaces this one enters, if any."""
+        owner = self.instance.spec.namespaces_from
+        runner = self._host.dependency(owner) if owner is not None else None
+        proc = runner.proc if runner is not None else None
+        return proc if proc is not None and proc.status is None else None
+
+    async def _follow_owner(self, owner: Process, proc: Process) -> None:
+        """Stop this run as soon as the namespace owner's process has ended."""
+        await owner.wait()
+        self._rejoin = True
+        self._exit_reason = f"{self.instance.spec.namespaces_from} ended"
+        assert self._nursery is not None  # noqa: S101
+        self._nursery.start_soon(self._terminate, proc)
 
     async def _start(
         self, generation: int
@@ -546,9 +648,17 @@ class Runner:
                 ):
                     notify = NotifySocket(self._host.notify_dir, self.name)
                     await notify.bind()
+                join = self._join_target()
+                listen_fds = self._host.listen_fds(
+                    self.instance.service, self.instance.spec.sockets
+                )
                 prepared = await prepare(self.instance)
                 read_fds, spec, close_after = spec_for(
-                    self.instance, notify.path if notify else None, prepared
+                    self.instance,
+                    notify.path if notify else None,
+                    prepared,
+                    listen_fds,
+                    join=join,
                 )
                 try:
                     proc = await start_process(spec)
@@ -565,9 +675,11 @@ class Runner:
             self._spawn_failed(generation, exc)
             return None
         self.proc = proc
+        self._joined = join
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self._publish("started", pid=proc.pid)
+        self._notify()  # dependents waiting for "started" can go
         return proc, notify, read_fds
 
     def _spawn_failed(self, generation: int, exc: OSError) -> None:
@@ -595,6 +707,8 @@ class Runner:
         try:
             async with trio.open_nursery() as helpers:
                 helpers.start_soon(self._readiness, proc, generation, notify, hooks)
+                if self._joined is not None:
+                    helpers.start_soon(self._follow_owner, self._joined, proc)
                 status = await proc.wait()
                 helpers.cancel_scope.cancel()
         finally:
@@ -623,6 +737,8 @@ class Runner:
         notify: NotifySocket | None,
         hooks: list[Callable[[str], None]],
     ) -> None:
+        if self.instance.spec.type == "oneshot":
+            return  # it is ready once it has completed: see conditions.py
         probe = self.instance.spec.ready
         if probe is not None:
             ok = False
@@ -723,7 +839,11 @@ class Runner:
             else:
                 ok, seen[0] = seen[0], False
             failures = 0 if ok else failures + 1
+            if ok and not self.healthy:
+                self.healthy = True
+                self._notify()
             if failures >= health.retries:
+                self.healthy = False
                 self._publish(
                     "unhealthy", message=f"{health.kind} health probe failed {failures} times"
                 )

@@ -16,8 +16,11 @@ from .._spec import ProcessSpec
 from .routes import through_nsup
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .._policy import ServiceInstance
     from .._policy.model import OutputFile
+    from .._process import Process
     from .._spec import StdioMode
     from .prepare import Prepared
 
@@ -25,9 +28,18 @@ __all__ = ["spec_for"]
 
 
 def spec_for(
-    instance: ServiceInstance, notify_path: str | None, prepared: Prepared
+    instance: ServiceInstance,
+    notify_path: str | None,
+    prepared: Prepared,
+    listen_fds: Sequence[tuple[str, int]] = (),
+    *,
+    join: Process | None = None,
 ) -> tuple[dict[str, int], ProcessSpec, list[int]]:
     """Build the spec for one start of *instance*, with its *prepared* identity and environment.
+
+    *listen_fds* are the service's bound sockets (socket activation), as
+    ``(name, fd)`` pairs; the caller keeps them open.  *join* is the running
+    process whose namespaces it enters (``namespaces_from``).
 
     Returns:
         ``(read_fds, spec, close_after)``: the read end of the output pipe
@@ -46,6 +58,8 @@ def spec_for(
         return pipe_w
 
     env = dict(prepared.env)
+    for name in ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"):
+        env.pop(name, None)  # nsup's own socket activation, if any, is not the service's
     env["NSUP_SERVICE"] = instance.name
     env["NSUP_INSTANCE"] = str(instance.index)
     if notify_path is not None:
@@ -77,6 +91,8 @@ def spec_for(
             umask=service.umask,
             capabilities=service.capabilities,
             no_new_privs=service.no_new_privs,
+            listen_fds=listen_fds,
+            join=join,
         )
     except BaseException:
         for fd in [*read_fds.values(), *close_after]:

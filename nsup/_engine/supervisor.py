@@ -52,17 +52,19 @@ import trio
 
 from .._errors import NsupError
 from .._rundir import make_runtime_dir
+from . import conditions
 from .events import Event, EventBus, Subscription
 from .output import Line, PrefixView, output_sink
 from .restart import Input, Intensity, State
 from .routes import OutputRoutes
 from .runner import QUIET, Decision, Runner, ServiceStatus
+from .sockets import ServiceSockets
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable
+    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
     from .._policy import Policy, ServiceInstance
-    from .._policy.model import OutputFile
+    from .._policy.model import OutputFile, Socket
 
 __all__ = ["QUIET", "SPAWN_CONCURRENCY", "GaveUpError", "Supervisor", "open_supervisor"]
 
@@ -120,6 +122,8 @@ class Supervisor:
         self._runners_changed = trio.Event()
         self._reload_lock = trio.Lock()
         self._spawn_limiter = trio.CapacityLimiter(SPAWN_CONCURRENCY)
+        self._sockets: dict[str, ServiceSockets] = {}  # per service, held across its restarts
+        self._failed_at_end: list[str] = []  # failed() when everything had ended by itself
 
     @property
     def stopping(self) -> bool:
@@ -196,6 +200,7 @@ class Supervisor:
 
     def _finish(self) -> None:
         if not self.done.is_set():
+            self._close_sockets(keep=())
             self.done.set()
             self.bus.close()
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
@@ -239,6 +244,28 @@ class Supervisor:
     def dependency(self, name: str) -> Runner | None:
         """The current runner of *name*, if any."""
         return self.runners.get(name)
+
+    def listen_fds(self, service: str, specs: Sequence[Socket]) -> list[tuple[str, int]]:
+        """The bound sockets of *service*: bound at its first start, held until it is removed.
+
+        Every instance and every run shares them, so connections queue in
+        them while the service restarts.  A reload that changes a service's
+        ``sockets`` (*specs*) binds the new ones at its next start.
+        """
+        held = self._sockets.get(service)
+        if held is not None and held.specs != specs:
+            held.close()
+            held = None
+        if held is None:
+            held = self._sockets[service] = ServiceSockets(service, specs)
+        held.open()
+        return held.listen_fds()
+
+    def _close_sockets(self, keep: Iterable[str]) -> None:
+        """Close the sockets of every service not in *keep*."""
+        kept = set(keep)
+        for service in [s for s in self._sockets if s not in kept]:
+            self._sockets.pop(service).close()
 
     async def wait_runners_changed(self) -> None:
         """Return at the next runner added (start-up, reload, a failed runner revived)."""
@@ -304,9 +331,8 @@ class Supervisor:
         del runner
         if self._stopping or self._group_busy or self.done.is_set():
             return
-        if self.runners and all(
-            r.state in (State.ENDED, State.FAILED) and not r.running for r in self.runners.values()
-        ):
+        if self.runners and all(_done(r) for r in self.runners.values()):
+            self._failed_at_end = self.failed()  # stopping the blocked ones unblocks them
             self._finish()
 
     # --- the public API ---------------------------------------------------------
@@ -316,9 +342,15 @@ class Supervisor:
         return {name: self.runners[name].snapshot() for name in self.order if name in self.runners}
 
     def failed(self) -> list[str]:
-        """The instances in the ``failed`` state."""
+        """The instances that failed.
+
+        Those in the ``failed`` state, oneshots that ended without success,
+        and those ``blocked`` on a dependency that will not meet their condition.
+        """
         return [
-            n for n in self.order if n in self.runners and self.runners[n].state is State.FAILED
+            n
+            for n in self.order
+            if n in self._failed_at_end or (n in self.runners and _failed(self.runners[n]))
         ]
 
     def _named(self, names: Iterable[str]) -> list[Runner]:
@@ -416,6 +448,7 @@ class Supervisor:
             await self._stop_group(removed + changed)
             for name in removed + changed:
                 self._forget(name)
+            self._close_sockets(keep=policy.services)  # a removed service's, once it is down
             self.order = list(new)
             if not self._stopping:
                 for name in changed + added:
@@ -444,6 +477,20 @@ class Supervisor:
         self._own_intensity.pop(name, None)
         if runner is not None:
             runner.close()
+
+
+def _done(runner: Runner) -> bool:
+    """Nothing runs and nothing will without being asked: ended, failed, or blocked for good."""
+    if runner.running:
+        return False
+    return runner.state in (State.ENDED, State.FAILED) or runner.blocked_on is not None
+
+
+def _failed(runner: Runner) -> bool:
+    if runner.state is State.FAILED or runner.blocked_on is not None:
+        return True
+    oneshot = runner.instance.spec.type == "oneshot"
+    return oneshot and runner.state is State.ENDED and not conditions.completed(runner)
 
 
 @asynccontextmanager

@@ -25,6 +25,7 @@ from .bounds import MAX_POLICY_BYTES, check_text_depth
 from .build import build, instance_names
 from .lines import key_lines
 from .model import (
+    CONDITIONS,
     Backoff,
     HealthProbe,
     Limits,
@@ -32,15 +33,20 @@ from .model import (
     PolicyIssue,
     Probe,
     Service,
+    Socket,
     Stop,
     SupervisorConfig,
+    conditions,
 )
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Mapping
 
+    from .model import Condition
+
 __all__ = [
+    "CONDITIONS",
     "Backoff",
     "HealthProbe",
     "Limits",
@@ -50,6 +56,7 @@ __all__ = [
     "Probe",
     "Service",
     "ServiceInstance",
+    "Socket",
     "Stop",
     "SupervisorConfig",
     "load_policy",
@@ -65,8 +72,11 @@ class ServiceInstance:
         service: the service's name, ``"web"``.
         index: the instance number, 0 for a single instance.
         spec: the service's settings (shared by its instances).
-        depends_on: the instance names this one waits for: every instance of
-            every service named in ``spec.depends_on``.
+        depends_on: instance name -> the condition this one waits for
+            (``"started"``, ``"ready"``, ``"healthy"`` or ``"completed"``):
+            every instance of every service named in ``spec.depends_on``, and
+            the owner of its namespaces (``"started"``, unless it is also
+            listed in ``depends_on``).
 
     """
 
@@ -74,7 +84,7 @@ class ServiceInstance:
     service: str
     index: int
     spec: Service
-    depends_on: tuple[str, ...]
+    depends_on: Mapping[str, Condition] = attrs.field(converter=conditions, hash=False)
 
 
 def _services_map(value: Mapping[str, Service]) -> Mapping[str, Service]:
@@ -162,9 +172,7 @@ class Policy:
         while pending:
             # from_dict() rejects cycles and unknown names, so only a hand-built
             # Policy can get stuck here.
-            name = next(
-                (n for n in pending if placed.issuperset(self.services[n].depends_on)), None
-            )
+            name = next((n for n in pending if placed.issuperset(self.services[n].after)), None)
             if name is None:
                 stuck = ", ".join(map(repr, pending))
                 raise ValueError(f"services {stuck} depend on a cycle or on unknown services")
@@ -178,7 +186,8 @@ class Policy:
 
         A service with ``instances = N > 1`` becomes ``NAME.0`` ... ``NAME.N-1``;
         with one instance it keeps its name.  ``depends_on = ["web"]`` means
-        "after every instance of web is ready".
+        "after every instance of web is ready"; ``namespaces_from = "web"``
+        adds "after web has started".
 
         Returns:
             The instances, those of each service together and in index order.
@@ -188,13 +197,20 @@ class Policy:
             name: tuple(instance_names(name, service.instances))
             for name, service in self.services.items()
         }
+
+        def waits(service: Service) -> dict[str, Condition]:
+            wanted = dict(service.depends_on)
+            if service.namespaces_from is not None:
+                wanted.setdefault(service.namespaces_from, "started")
+            return {i: condition for dep, condition in wanted.items() for i in names[dep]}
+
         return tuple(
             ServiceInstance(
                 name=instance,
                 service=name,
                 index=index,
                 spec=self.services[name],
-                depends_on=tuple(i for dep in self.services[name].depends_on for i in names[dep]),
+                depends_on=waits(self.services[name]),
             )
             for name in self.dependency_order()
             for index, instance in enumerate(names[name])
@@ -247,15 +263,19 @@ def _output_dict(output: str | OutputFile) -> str | dict[str, Any]:
 def _service_dict(service: Service) -> dict[str, Any]:
     result = {
         "command": list(service.command),
-        "depends_on": list(service.depends_on),
+        "type": service.type,
+        "depends_on": dict(service.depends_on),
         "restart": service.restart,
+        "success_codes": list(service.success_codes),
         "backoff": attrs.asdict(service.backoff),
         "namespaces": sorted(service.namespaces),
+        "namespaces_from": service.namespaces_from,
         "init": service.init,
         "hostname": service.hostname,
         "env": dict(service.env),
         "env_file": list(service.env_file),
         "env_inherit": service.env_inherit,
+        "sockets": [_strip_none(attrs.asdict(s)) for s in service.sockets],
         "cwd": service.cwd,
         "stop": {"signal": service.stop.signal.name, "timeout": service.stop.timeout},
         "limits": _limits_dict(service.limits),
@@ -277,6 +297,8 @@ def _service_dict(service: Service) -> dict[str, Any]:
         "capabilities": None if service.capabilities is None else sorted(service.capabilities),
         "no_new_privs": service.no_new_privs,
     }
+    if service.namespaces_from is not None:
+        del result["namespaces"]  # it creates none: it enters the owner's
     return _strip_none(result)
 
 

@@ -8,8 +8,14 @@ in :mod:`nsup._policy_schema`.  Here live the rules that span tables:
   value that came from ``[defaults]`` is reported once, at ``defaults.KEY``.
 * ``hostname`` needs the ``uts`` namespace, ``mounts`` the ``mount`` one, and
   ``uid_map``/``gid_map`` the ``user`` one.
-* ``depends_on`` must name services that exist and must not form a cycle;
-  each cycle is reported once, spelled out (``a -> b -> a``).
+* ``depends_on`` must name services that exist, with a condition the
+  dependency can meet (``completed`` needs a oneshot, ``healthy`` a service
+  with a ``health`` probe); ``namespaces_from`` must name a long-running
+  service with one instance.  Neither may form a cycle (a service starts after
+  the owner of its namespaces); each cycle is reported once, spelled out
+  (``a -> b -> a``).
+* a oneshot has no ``ready`` or ``health`` probe and never ``restart = "always"``.
+* no two sockets listen on the same address.
 * instance names (``web.0``, ``web.1``) must not clash with other services.
 
 Nothing stops at the first problem: every one found becomes a
@@ -28,7 +34,7 @@ from .bounds import MAX_SERVICES, check_data_depth
 from .lines import line_of
 from .model import PolicyIssue, Service, SupervisorConfig
 from .schema import SERVICE_FIELDS, SUPERVISOR_FIELDS, TOP_LEVEL_KEYS
-from .validate import Invalid, Problem, check_table, did_you_mean, key_join, show
+from .validate import Invalid, Problem, check_table, did_you_mean, key_join, parse_listen, show
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -57,9 +63,25 @@ class _Service:
     def __init__(self, name: str, raw: Mapping[str, Any]) -> None:
         self.name = name
         self.raw = raw
-        self.depends_on: tuple[str, ...] = ()
+        self.depends_on: dict[str, str] = {}
+        self.namespaces_from: str | None = None
         self.instances = 1
+        self.type = "service"
+        self.has_health = False
+        self.listens: list[tuple[str, str]] = []  # (dotted key, listen)
         self.service: Service | None = None
+
+    @property
+    def after(self) -> list[str]:
+        """The services this one starts after (dependencies, then the namespace owner)."""
+        owner = [] if self.namespaces_from in (None, self.name) else [self.namespaces_from]
+        return list(dict.fromkeys([*self.depends_on, *owner]))
+
+    def edge_key(self, name: str) -> str:
+        """Return the dotted key that makes this service start after *name*."""
+        if name in self.depends_on:
+            return self.key_of("depends_on")
+        return self.key_of("namespaces_from")
 
     def key_of(self, field: str) -> str:
         """Return the dotted key where *field*'s value was written."""
@@ -71,6 +93,8 @@ class _Service:
 def _check_namespaces_needed(
     service: _Service, merged: Mapping[str, Any], typed: Mapping[str, Any]
 ) -> list[Problem]:
+    if "namespaces_from" in typed:
+        return _check_joiner(service, typed["namespaces_from"], merged)
     if "namespaces" in merged and "namespaces" not in typed:
         return []  # already reported as invalid
     namespaces = typed.get("namespaces", DEFAULT_NAMESPACES)
@@ -84,6 +108,49 @@ def _check_namespaces_needed(
             problems.append(
                 (key, f"{key!r} needs the {needed!r} namespace, which {where} does not include")
             )
+    return problems
+
+
+def _check_joiner(service: _Service, owner: str, merged: Mapping[str, Any]) -> list[Problem]:
+    """A service that enters *owner*'s namespaces makes none of its own, nor anything in them."""
+    problems = []
+    if isinstance(service.raw, dict) and "namespaces" in service.raw:
+        key = service.key_of("namespaces")
+        message = (
+            f"{key!r} cannot be set with 'namespaces_from': the service enters "
+            f"every namespace of {owner!r} and creates none"
+        )
+        problems.append((key, message))
+    for field, _needed in _NEEDS_NAMESPACE:
+        if merged.get(field):
+            key = service.key_of(field)
+            message = (
+                f"{key!r} cannot be set with 'namespaces_from': the service runs in "
+                f"the namespaces of {owner!r}; set it on {owner!r}"
+            )
+            problems.append((key, message))
+    return problems
+
+
+def _check_oneshot(service: _Service, typed: Mapping[str, Any]) -> list[Problem]:
+    if typed.get("type") != "oneshot":
+        return []
+    problems = []
+    if typed.get("restart") == "always":
+        key = service.key_of("restart")
+        message = (
+            f"{key!r} cannot be 'always' for a oneshot, which would run again after "
+            "every success; use 'on-failure' (retry until it succeeds) or 'never'"
+        )
+        problems.append((key, message))
+    for field in ("ready", "health"):
+        if field in typed:
+            key = service.key_of(field)
+            message = (
+                f"{key!r} is not for a oneshot: a oneshot is ready once it has "
+                "completed successfully"
+            )
+            problems.append((key, message))
     return problems
 
 
@@ -101,30 +168,90 @@ def _check_service(service: _Service, defaults: Mapping[str, Any]) -> list[Probl
     typed, problems = check_table(
         key, merged, SERVICE_FIELDS, required=("command",), key_of=service.key_of
     )
-    service.depends_on = typed.get("depends_on", ())
+    service.depends_on = typed.get("depends_on", {})
+    service.namespaces_from = typed.get("namespaces_from")
     service.instances = typed.get("instances", 1)
+    service.type = typed.get("type", "service")
+    service.has_health = "health" in typed
+    service.listens = [
+        (f"{service.key_of('sockets')}[{i}].listen", s.listen)
+        for i, s in enumerate(typed.get("sockets", ()))
+    ]
     problems += _check_namespaces_needed(service, merged, typed)
+    problems += _check_oneshot(service, typed)
+    if service.namespaces_from is not None:
+        typed["namespaces"] = frozenset()  # it enters the owner's namespaces, creating none
     if not problems:
         service.service = Service(**typed)
     return problems
 
 
+def _dependency_key(service: _Service, name: str) -> str:
+    """The dotted key of one entry of *service*'s ``depends_on`` (its table entry, when a table)."""
+    key = service.key_of("depends_on")
+    raw = service.raw.get("depends_on") if isinstance(service.raw, dict) else None
+    return f"{key}.{key_join(name)}" if isinstance(raw, dict) else key
+
+
+def _check_condition(service: _Service, name: str, dep: _Service) -> Problem | None:
+    """Check that *dep* can meet the condition *service* waits for."""
+    condition = service.depends_on[name]
+    key = _dependency_key(service, name)
+    waits = f"{key!r} waits for {name!r} to be {condition!r}, but"
+    if condition == "completed" and dep.type != "oneshot":
+        fix = f'give {name!r} type = "oneshot", or wait for "ready"'
+        return key, f"{waits} only a oneshot completes; {fix}"
+    if condition == "healthy" and dep.type == "oneshot":
+        return key, f"{waits} {name!r} is a oneshot, which has no health; wait for 'completed'"
+    if condition == "healthy" and not dep.has_health:
+        return key, f"{waits} {name!r} has no 'health' probe; add one, or wait for 'ready'"
+    return None
+
+
+def _check_owner(service: _Service, services: Mapping[str, _Service]) -> Problem | None:
+    """Check the service named by ``namespaces_from``."""
+    owner = service.namespaces_from
+    if owner is None:
+        return None
+    key = service.key_of("namespaces_from")
+    names = f"{key!r} names {owner!r}"
+    if owner not in services:
+        return key, f"{names}, which is not a service{did_you_mean(owner, list(services))}"
+    if owner == service.name:
+        return key, f"{names}, the service itself; name the service whose namespaces to enter"
+    if services[owner].type == "oneshot":
+        why = "whose namespaces end when it completes; name a long-running service"
+        return key, f"{names}, a oneshot, {why}"
+    if services[owner].instances > 1:
+        count = services[owner].instances
+        return key, f"{names}, which has {count} instances; name a service with one instance"
+    return None
+
+
 def _check_dependencies(services: Mapping[str, _Service]) -> list[Problem]:
     problems = []
-    names = list(services)
     for service in services.values():
-        key = service.key_of("depends_on")
         for name in service.depends_on:
             if name not in services:
-                hint = did_you_mean(name, names)
+                key = _dependency_key(service, name)
+                hint = did_you_mean(name, list(services))
                 problems.append((key, f"{key!r} names {name!r}, which is not a service{hint}"))
-    # Depth-first search; a dependency still on the path closes a cycle.
+            elif problem := _check_condition(service, name, services[name]):
+                problems.append(problem)
+        if problem := _check_owner(service, services):
+            problems.append(problem)
+    return problems + _check_cycles(services)
+
+
+def _check_cycles(services: Mapping[str, _Service]) -> list[Problem]:
+    """Depth-first search over "starts after"; a service still on the path closes a cycle."""
+    problems = []
     done: set[str] = set()
-    for root in names:
+    for root in services:
         if root in done:
             continue
         path = [root]
-        todo = [iter(services[root].depends_on)]
+        todo = [iter(services[root].after)]
         while todo:
             dep: str | None = next(todo[-1], None)
             if dep is None:
@@ -132,11 +259,23 @@ def _check_dependencies(services: Mapping[str, _Service]) -> list[Problem]:
                 todo.pop()
             elif dep in path:
                 cycle = [*path[path.index(dep) :], dep]
-                key = services[cycle[0]].key_of("depends_on")
+                key = services[cycle[0]].edge_key(cycle[1])
                 problems.append((key, f"{key!r} makes a dependency cycle: {' -> '.join(cycle)}"))
             elif dep in services and dep not in done:
                 path.append(dep)
-                todo.append(iter(services[dep].depends_on))
+                todo.append(iter(services[dep].after))
+    return problems
+
+
+def _check_sockets(services: Mapping[str, _Service]) -> list[Problem]:
+    """No two sockets, in one service or in two, may listen on the same address."""
+    problems = []
+    first: dict[str, str] = {}
+    for service in services.values():
+        for key, listen in service.listens:
+            seen = first.setdefault(repr(parse_listen(listen)), key)
+            if seen != key:
+                problems.append((key, f"{key!r} listens on {listen!r}, as {seen!r} already does"))
     return problems
 
 
@@ -214,6 +353,7 @@ def _check_document(
         problems += _check_dependencies(services)
         problems += _check_instance_names(services)
         problems += _check_total(services)
+        problems += _check_sockets(services)
     return supervisor, services, problems
 
 

@@ -11,6 +11,7 @@ problem at once; the defaults here are the defaults documented in
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 import attrs
@@ -20,11 +21,11 @@ from .._limits import RLIMITS, Limits, frozen_map
 
 if TYPE_CHECKING:
     import re
-    from collections.abc import Mapping
 
     from .._mount import Mount
 
 __all__ = [
+    "CONDITIONS",
     "RLIMITS",
     "Backoff",
     "HealthProbe",
@@ -33,6 +34,7 @@ __all__ = [
     "PolicyIssue",
     "Probe",
     "Service",
+    "Socket",
     "Stop",
     "SupervisorConfig",
 ]
@@ -40,6 +42,17 @@ __all__ = [
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 Restart = Literal["always", "on-failure", "never"]
 OnGiveUp = Literal["exit", "fail-service"]
+ServiceType = Literal["service", "oneshot"]
+Condition = Literal["started", "ready", "healthy", "completed"]
+#: What a dependent may wait for.
+CONDITIONS: tuple[Condition, ...] = ("started", "ready", "healthy", "completed")
+
+
+def conditions(value: Mapping[str, Condition] | Iterable[str]) -> Mapping[str, Condition]:
+    """Return ``depends_on`` as a read-only name -> condition map; a list of names means ready."""
+    if isinstance(value, Mapping):
+        return frozen_map(value)
+    return frozen_map(dict.fromkeys(value, "ready"))
 
 
 @attrs.frozen
@@ -196,6 +209,27 @@ class OutputFile:
     backups: int = 5
 
 
+@attrs.frozen
+class Socket:
+    """One listening socket that nsup binds and passes to the service (socket activation).
+
+    Attributes:
+        listen: ``"host:port"`` or ``"[v6]:port"`` (TCP), an absolute path
+            (a Unix stream socket) or ``"@name"`` (an abstract Unix socket).
+        name: the name in ``LISTEN_FDNAMES``; ``None`` means the service's name.
+        mode: the file mode of a Unix socket path, or ``None`` (the umask's).
+        backlog: the listen queue length: connections beyond it that arrive
+            while the service is not accepting are refused (or, for TCP,
+            retried by the client's kernel).
+
+    """
+
+    listen: str
+    name: str | None = None
+    mode: int | None = None
+    backlog: int = 4096
+
+
 IdMap = tuple[tuple[int, int, int], ...]
 
 
@@ -205,13 +239,20 @@ class Service:
 
     Attributes:
         command: argv; ``command[0]`` is looked up on ``PATH``.
-        depends_on: names of services that must be ready before this starts.
+        type: ``"service"`` (runs until stopped) or ``"oneshot"`` (runs to
+            completion; its dependents wait for a successful exit).
+        depends_on: service name -> the condition to wait for before this
+            starts: ``"started"``, ``"ready"``, ``"healthy"`` or ``"completed"``.
         restart: ``"always"``, ``"on-failure"`` or ``"never"``.
+        success_codes: exit codes that count as success besides 0.
         backoff: restart delays.
         namespaces: new namespaces to create (see :data:`nsup._namespaces.NAMESPACES`).
+        namespaces_from: the service whose running process's namespaces this
+            one enters instead of creating its own, or ``None``.
         init: run nsup's init as PID 1 (only with a ``pid`` namespace).
         hostname: the hostname in the new ``uts`` namespace, or ``None``.
         env: variables added to nsup's own environment.
+        sockets: listening sockets nsup binds and passes as fds 3, 4, ...
         cwd: working directory, or ``None`` for nsup's.
         stop: how to stop it.
         limits: resource limits.
@@ -243,13 +284,19 @@ class Service:
     """
 
     command: tuple[str, ...]
-    depends_on: tuple[str, ...] = ()
+    type: ServiceType = "service"
+    depends_on: Mapping[str, Condition] = attrs.field(
+        factory=dict, converter=conditions, hash=False
+    )
     restart: Restart = "on-failure"
+    success_codes: tuple[int, ...] = ()
     backoff: Backoff = Backoff()
     namespaces: frozenset[str] = DEFAULT_NAMESPACES
+    namespaces_from: str | None = None
     init: bool = True
     hostname: str | None = None
     env: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_map, hash=False)
+    sockets: tuple[Socket, ...] = ()
     cwd: str | None = None
     stop: Stop = Stop()
     limits: Limits = attrs.field(factory=Limits)
@@ -270,3 +317,9 @@ class Service:
     env_inherit: bool = True
     capabilities: frozenset[str] | None = None
     no_new_privs: bool | None = None
+
+    @property
+    def after(self) -> tuple[str, ...]:
+        """The services this one starts after: its dependencies, and the owner of its namespaces."""
+        owner = () if self.namespaces_from is None else (self.namespaces_from,)
+        return tuple(dict.fromkeys((*self.depends_on, *owner)))

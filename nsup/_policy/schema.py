@@ -21,7 +21,17 @@ import attrs
 
 from .._mount import MOUNT_TYPES, Mount
 from .bounds import MAX_INSTANCES
-from .model import RLIMITS, Backoff, HealthProbe, Limits, OutputFile, Probe, Stop
+from .model import (
+    CONDITIONS,
+    RLIMITS,
+    Backoff,
+    HealthProbe,
+    Limits,
+    OutputFile,
+    Probe,
+    Socket,
+    Stop,
+)
 from .validate import (
     Invalid,
     Problem,
@@ -31,6 +41,7 @@ from .validate import (
     capabilities,
     check_table,
     command,
+    dependencies,
     duration,
     env_table,
     file_mode,
@@ -39,6 +50,8 @@ from .validate import (
     id_or_name,
     id_or_name_list,
     integer,
+    integer_list,
+    listen_address,
     namespaces,
     number,
     one_of,
@@ -47,8 +60,8 @@ from .validate import (
     show,
     signal_,
     size,
+    socket_name,
     string,
-    string_list,
 )
 
 __all__ = [
@@ -59,6 +72,7 @@ __all__ = [
     "OUTPUT_FIELDS",
     "READY_FIELDS",
     "SERVICE_FIELDS",
+    "SOCKET_FIELDS",
     "STOP_FIELDS",
     "SUPERVISOR_FIELDS",
     "TOP_LEVEL_KEYS",
@@ -313,17 +327,38 @@ class _OutputValidator:
         return OutputFile(file=absolute_path()(key, value))
 
 
+def _check_socket(key: str, raw: dict[str, Any], _typed: dict[str, Any]) -> list[Problem]:
+    listen = raw.get("listen")
+    if "mode" in raw and isinstance(listen, str) and not listen.startswith("/"):
+        where = f"{key}.mode"
+        return [(where, f"{where!r} is only for a Unix socket path (this listens on {listen!r})")]
+    return []
+
+
+SOCKET_FIELDS: Mapping[str, Validator] = {
+    "listen": listen_address(),
+    "name": socket_name(),
+    "mode": file_mode(),
+    "backlog": integer(1, 65535),
+}
+
 SERVICE_FIELDS: Mapping[str, Validator] = {
     "command": command(),
-    "depends_on": string_list(),
+    "type": one_of("service", "oneshot"),
+    "depends_on": dependencies(*CONDITIONS),
     "restart": one_of("always", "on-failure", "never"),
+    "success_codes": integer_list(0, 255),
     "backoff": _TableValidator(BACKOFF_FIELDS, lambda t: Backoff(**t), _check_backoff),
     "namespaces": namespaces(),
+    "namespaces_from": string(),
     "init": boolean(),
     "hostname": string(max_length=_HOSTNAME_MAX),
     "env": env_table(),
     "env_file": path_list(),
     "env_inherit": boolean(),
+    "sockets": _ListOfTablesValidator(
+        _TableValidator(SOCKET_FIELDS, lambda t: Socket(**t), _check_socket, ("listen",))
+    ),
     "cwd": absolute_path(),
     "stop": _TableValidator(STOP_FIELDS, lambda t: Stop(**t)),
     "limits": _TableValidator(LIMITS_FIELDS, make_limits),

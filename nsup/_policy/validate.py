@@ -16,10 +16,12 @@ shown as the user wrote it (``true``, not ``True``).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import re
 import shlex
 import signal
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -38,6 +40,7 @@ __all__ = [
     "capabilities",
     "check_table",
     "command",
+    "dependencies",
     "did_you_mean",
     "duration",
     "each_item",
@@ -48,15 +51,19 @@ __all__ = [
     "id_or_name",
     "id_or_name_list",
     "integer",
+    "integer_list",
     "key_join",
+    "listen_address",
     "namespaces",
     "number",
     "one_of",
+    "parse_listen",
     "path_list",
     "regex",
     "show",
     "signal_",
     "size",
+    "socket_name",
     "string",
     "string_list",
     "unknown_key_hint",
@@ -719,3 +726,145 @@ def check_table(  # noqa: PLR0913 - each argument is one independent rule
             except Invalid as exc:
                 problems.extend(exc.problems)
     return typed, problems
+
+
+@attrs.frozen
+class _IntegerListValidator:
+    item: _IntegerValidator
+
+    def __call__(self, key: str, value: object) -> tuple[int, ...]:
+        if not isinstance(value, list):
+            raise Invalid.at(key, f"{key!r} must be a list of integers (got {show(value)})")
+        problems: list[Problem] = []
+        result = []
+        for i, item in enumerate(value):
+            try:
+                result.append(self.item(f"{key}[{i}]", item))
+            except Invalid as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise Invalid(problems)
+        return tuple(dict.fromkeys(result))
+
+
+def integer_list(minimum: int | None = None, maximum: int | None = None) -> Validator:
+    """Return a validator for a list of integers within the bounds, returned as a tuple without repeats."""
+    return _IntegerListValidator(_IntegerValidator(minimum, maximum))
+
+
+@attrs.frozen
+class _DependenciesValidator:
+    conditions: tuple[str, ...]
+
+    def __call__(self, key: str, value: object) -> dict[str, str]:
+        if isinstance(value, list):
+            names = _list_of_strings(
+                key, value, "a list of service names or a table of service = condition"
+            )
+            return dict.fromkeys(names, "ready")
+        if not isinstance(value, dict):
+            raise Invalid.at(
+                key,
+                f"{key!r} must be a list of service names or a table of service = condition, "
+                f'such as {{ db = "ready" }} (got {show(value)})',
+            )
+        problems: list[Problem] = []
+        check = _OneOfValidator(self.conditions)
+        for name, condition in value.items():
+            try:
+                check(f"{key}.{key_join(str(name))}", condition)
+            except Invalid as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise Invalid(problems)
+        return dict(value)
+
+
+def dependencies(*conditions: str) -> Validator:
+    """Return a validator for ``depends_on``: a list of names (each "ready"), or name -> condition."""
+    return _DependenciesValidator(conditions)
+
+
+_LISTEN_FORMS = (
+    "'IP:PORT' ('127.0.0.1:8080', '0.0.0.0:80', '[::1]:8080'), an absolute path "
+    "for a Unix socket, or '@NAME' for an abstract Unix socket"
+)
+
+
+def parse_listen(text: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
+    """Parse a ``sockets[].listen`` value into a socket family and a ``bind()`` address.
+
+    ``localhost`` stands for ``127.0.0.1``; other host names are refused, as
+    systemd's ``ListenStream=`` refuses them, so binding never waits on DNS.
+
+    Raises:
+        ValueError: *text* has none of the accepted forms.
+
+    """
+    if text.startswith("/"):
+        if len(text.encode()) > _SUN_PATH_MAX or "\0" in text:
+            raise ValueError(text)
+        return socket.AF_UNIX, text
+    if text.startswith("@") and len(text) > 1:
+        if len(text.encode()) > _SUN_PATH_MAX:
+            raise ValueError(text)
+        return socket.AF_UNIX, "\0" + text[1:]
+    match = _HOST_PORT.fullmatch(text)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise ValueError(text)
+    host = "127.0.0.1" if match["host"] == "localhost" else match["v6"] or match["host"]
+    address = ipaddress.ip_address(host)  # ValueError for a name
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    return family, (str(address), int(match["port"]))
+
+
+# sun_path holds 108 bytes including the terminating NUL (an abstract name has none, but keep it simple).
+_SUN_PATH_MAX = 107
+
+
+@attrs.frozen
+class _ListenValidator:
+    def __call__(self, key: str, value: object) -> str:
+        if not isinstance(value, str):
+            raise Invalid.at(key, f"{key!r} must be {_LISTEN_FORMS} (got {show(value)})")
+        try:
+            parse_listen(value)
+        except ValueError:
+            hint = ""
+            match = _HOST_PORT.fullmatch(value)
+            if value.startswith(("/", "@")):
+                hint = f"; a socket path is at most {_SUN_PATH_MAX} bytes"
+            elif match and not 1 <= int(match["port"]) <= 65535:
+                hint = "; the port must be from 1 to 65535"
+            elif match:
+                hint = "; write an IP address, not a host name"
+            raise Invalid.at(
+                key, f"{key!r} must be {_LISTEN_FORMS} (got {value!r}){hint}"
+            ) from None
+        return value
+
+
+def listen_address() -> Validator:
+    """Return a validator for a socket to listen on: ``IP:PORT``, a path, or ``@abstract``."""
+    return _ListenValidator()
+
+
+# systemd's rule for FileDescriptorName=: printable ASCII but ':', at most 255 characters.
+_FD_NAME = re.compile(r"[!-9;-~]{1,255}")
+
+
+@attrs.frozen
+class _SocketNameValidator:
+    def __call__(self, key: str, value: object) -> str:
+        if not isinstance(value, str) or not _FD_NAME.fullmatch(value):
+            raise Invalid.at(
+                key,
+                f"{key!r} must be 1 to 255 printable ASCII characters without spaces or ':' "
+                f"(it goes in LISTEN_FDNAMES, which ':' separates) (got {show(value)})",
+            )
+        return value
+
+
+def socket_name() -> Validator:
+    """Return a validator for a name in ``LISTEN_FDNAMES``."""
+    return _SocketNameValidator()
