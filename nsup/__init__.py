@@ -22,6 +22,9 @@ docs/architecture.md says more):
 
 from __future__ import annotations
 
+# ``import nsup; nsup.lowlevel`` works, as ``trio.lowlevel`` does; ``nsup.testing``
+# (the test helpers) is imported explicitly, as ``trio.testing`` is.
+from . import lowlevel as lowlevel
 from ._cgroup import CgroupStatistics as CgroupStatistics
 from ._engine.events import Event as Event
 from ._engine.runner import ServiceStatus as ServiceStatus
@@ -46,7 +49,12 @@ from ._policy.model import Service as Service
 from ._policy.model import Stop as Stop
 from ._policy.model import SupervisorConfig as SupervisorConfig
 from ._process import Process as Process
+from ._process import run_process as run_process
 from ._process import spawn as spawn
 from ._spec import ProcessSpec as ProcessSpec
+from ._util import fixup_module_metadata
 
 __version__ = "0.1.0.dev0"
+
+fixup_module_metadata(__name__, globals())
+del fixup_module_metadata

@@ -11,18 +11,15 @@ import math
 import resource
 import signal
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import attrs
 
 from ._clone.caps import check_capabilities
-from ._errors import SpecError
-from ._mount import Mount
-
-if TYPE_CHECKING:
-    from ._process import Process
 from ._clone.namespaces import DEFAULT_NAMESPACES, check_namespaces
+from ._errors import SpecError
 from ._limits import RLIMITS, Limits
+from ._mount import Mount
 
 __all__ = ["IdMap", "ProcessSpec", "StdioMode"]
 
@@ -217,7 +214,8 @@ class ProcessSpec:
         namespaces: names from pid, mount, uts, ipc, net, user, cgroup;
             default ``{"pid", "mount", "uts", "ipc"}``; ``()`` for none.
         hostname: needs ``uts``.
-        init: run the command under nsup's init (default).  With a ``pid``
+        init: run the command under nsup's init (default; never when the
+            child joins another's namespaces, see ``join`` of :func:`nsup.spawn`).  With a ``pid``
             namespace the init is PID 1; without one it is a child subreaper
             that kills every descendant when the command exits or the
             supervisor dies, so nothing escapes either way.  ``False`` execs
@@ -232,9 +230,6 @@ class ProcessSpec:
         mounts: ``nsup.Mount`` entries applied in order; needs ``mount``.
         new_session: start the child in a new session (``setsid``), away from
             the terminal's signals.
-        join: a running :class:`nsup.Process` whose namespaces the child
-            enters (``setns`` on its pidfd) instead of creating new ones, as
-            ``nsenter`` does; used for ``exec`` probes.  Needs ``namespaces=()``.
         stop_signal, stop_timeout: how the child is stopped when its block
             ends or is cancelled: this signal, then SIGKILL after the timeout.
         limits: an ``nsup.Limits``: ``memory``, ``pids`` and ``cpu`` (cores)
@@ -280,17 +275,8 @@ class ProcessSpec:
     user: int | None = attrs.field(default=None, converter=_id)
     group: int | None = attrs.field(default=None, converter=_id)
 
-    join: Process | None = attrs.field(default=None, eq=False, repr=False)
-
     def __attrs_post_init__(self) -> None:
         """Check the arguments that depend on each other."""
-        if self.join is not None:
-            if not hasattr(self.join, "pidfd") or not hasattr(self.join, "spec"):
-                raise SpecError(f"'join' must be a running nsup.Process (got {self.join!r})")
-            if self.namespaces:
-                raise SpecError(
-                    "'join' enters another child's namespaces; give namespaces=() with it"
-                )
         needs = (
             ("hostname", self.hostname is not None, "uts"),
             ("uid_map", self.uid_map is not None, "user"),
@@ -310,8 +296,3 @@ class ProcessSpec:
                     f"mount target {mount.target!r} has a '..' component, which could lead "
                     f"outside {where}; write the path without '..'"
                 )
-
-    @property
-    def has_init(self) -> bool:
-        """True when nsup's init runs the command: as PID 1 with a ``pid`` namespace, else as subreaper."""
-        return self.init and self.join is None

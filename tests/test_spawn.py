@@ -398,7 +398,7 @@ async def test_missing_bind_source():
 def test_process_has_no_public_constructor():
     with pytest.raises(
         TypeError,
-        match=re.escape("nsup._process.Process has no public constructor; use nsup.spawn()"),
+        match=re.escape("nsup.Process has no public constructor; use nsup.spawn()"),
     ):
         nsup.Process()
 

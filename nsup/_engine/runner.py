@@ -233,7 +233,7 @@ class Runner:
         self._nursery.start_soon(self._terminate, self.proc)
 
     async def _terminate(self, proc: Process) -> None:
-        await proc.terminate(warn=False)
+        await proc.stop(warn=False)
         if proc.escalated:
             signame = proc.spec.stop_signal.name
             message = f"ignored {signame} for {proc.spec.stop_timeout:g}s; sent SIGKILL"
