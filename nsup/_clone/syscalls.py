@@ -18,6 +18,7 @@ gets a clear error rather than a guess.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import signal
@@ -57,6 +58,7 @@ __all__ = [
     "mount_setattr",
     "pivot_root",
     "prctl",
+    "probe_mount_setattr",
     "sethostname",
     "setns",
     "signal_pid",
@@ -360,6 +362,15 @@ def mount_setattr(path: str, attr_set: int, *, recursive: bool = True) -> None:
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )
     _check(result, f"mount_setattr({path!r}, attr_set={attr_set:#x}, flags={flags:#x})")
+
+
+def probe_mount_setattr() -> bool:
+    """Whether the kernel has ``mount_setattr(2)``: any answer but ENOSYS says it has."""
+    try:
+        mount_setattr("/nonexistent/nsup-probe", MOUNT_ATTR_RDONLY, recursive=False)
+    except OSError as exc:
+        return exc.errno != errno.ENOSYS
+    return True  # cannot happen (the path does not exist), but it would mean yes
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:
