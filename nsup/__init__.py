@@ -9,8 +9,10 @@ docs/architecture.md says more):
 - ``_clone/``: the spawn zone, loaded by the zygote; standard library only
   (``zygote``, ``child``, ``init``, ``syscalls``, ``namespaces``, ``caps``).
 - ``_errors``, ``_exitstatus``, ``_limits``, ``_mount``: value types and errors
-  shared by every layer above.
-- the process layer: ``_spec`` (ProcessSpec), ``_process`` (Process, spawn),
+  shared by every layer above; ``_util``: ``NoPublicConstructor`` and
+  ``fixup_module_metadata``, which makes exported names show ``nsup.X``.
+- the process layer: ``_spec`` (ProcessSpec), ``_process`` (Process, spawn,
+  run_process, start_process),
   ``_zygote_client``, ``_cgroup``, ``_spawn_errors``.
 - ``_policy/``: the declarative policy (model, schema, validate, build, lines, units).
 - ``_engine/``: supervision (restart table, runner, supervisor, probes, events,

@@ -33,7 +33,8 @@ def _public(module) -> list[str]:
     return sorted(
         name
         for name, value in vars(module).items()
-        if not name.startswith("_")
+        if name.isidentifier()  # pytest's assertion rewriting adds "@py_builtins"
+        and not name.startswith("_")
         and name != "annotations"
         and not (inspect.ismodule(value) and name not in SUBMODULES)
     )
