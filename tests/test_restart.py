@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 import trio.testing
+from helpers import Recorder
 
 import nsup
 from nsup import ExitStatus
@@ -24,31 +25,6 @@ from nsup._policy.model import Backoff
 SLEEPER = {"command": ["sleep", "100"], "namespaces": []}
 FOREVER = {"initial": "1h", "max": "1h", "factor": 1.0, "jitter": 0.0}  # a backoff that never ends
 QUICK = {"initial": "10ms", "max": "10ms", "factor": 1.0, "jitter": 0.0}
-
-
-class Recorder:
-    """Follows a supervisor's events; lets a test wait for one without sleeping."""
-
-    def __init__(self) -> None:
-        self.events: list[nsup.Event] = []
-        self._changed = trio.Event()
-
-    async def run(self, sup, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        events = sup.events()
-        task_status.started()
-        async for event in events:
-            self.events.append(event)
-            self._changed.set()
-            self._changed = trio.Event()
-
-    def of(self, kind: str) -> list[nsup.Event]:
-        return [e for e in self.events if e.kind == kind]
-
-    async def wait(self, kind: str, count: int = 1) -> list[nsup.Event]:
-        with trio.fail_after(20):
-            while len(self.of(kind)) < count:
-                await self._changed.wait()
-        return self.of(kind)
 
 
 @asynccontextmanager
