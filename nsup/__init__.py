@@ -9,8 +9,10 @@ docs/architecture.md says more):
 - ``_clone/``: the spawn zone, loaded by the zygote; standard library only
   (``zygote``, ``child``, ``init``, ``syscalls``, ``namespaces``, ``caps``).
 - ``_errors``, ``_exitstatus``, ``_limits``, ``_mount``: value types and errors
-  shared by every layer above.
-- the process layer: ``_spec`` (ProcessSpec), ``_process`` (Process, spawn),
+  shared by every layer above; ``_util``: ``NoPublicConstructor`` and
+  ``fixup_module_metadata``, which makes exported names show ``nsup.X``.
+- the process layer: ``_spec`` (ProcessSpec), ``_process`` (Process, spawn,
+  run_process, start_process),
   ``_zygote_client``, ``_cgroup``, ``_spawn_errors``.
 - ``_policy/``: the declarative policy (model, schema, validate, build, lines, units).
 - ``_engine/``: supervision (restart table, runner, supervisor, probes, events,
@@ -22,6 +24,9 @@ docs/architecture.md says more):
 
 from __future__ import annotations
 
+# ``import nsup; nsup.lowlevel`` works, as ``trio.lowlevel`` does; ``nsup.testing``
+# (the test helpers) is imported explicitly, as ``trio.testing`` is.
+from . import lowlevel as lowlevel
 from ._cgroup import CgroupStatistics as CgroupStatistics
 from ._engine.events import Event as Event
 from ._engine.runner import ServiceStatus as ServiceStatus
@@ -47,7 +52,12 @@ from ._policy.model import Socket as Socket
 from ._policy.model import Stop as Stop
 from ._policy.model import SupervisorConfig as SupervisorConfig
 from ._process import Process as Process
+from ._process import run_process as run_process
 from ._process import spawn as spawn
 from ._spec import ProcessSpec as ProcessSpec
+from ._util import fixup_module_metadata
 
 __version__ = "0.1.0.dev0"
+
+fixup_module_metadata(__name__, globals())
+del fixup_module_metadata

@@ -23,7 +23,7 @@ import os
 import signal
 import warnings
 from contextlib import ExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Any, NoReturn, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 import trio
@@ -32,11 +32,12 @@ from . import _cgroup
 from ._clone import syscalls as _sys
 from ._clone.caps import cap_last_cap, mask_of
 from ._clone.namespaces import CLONE_FLAGS
-from ._errors import SpawnError
+from ._errors import SpawnError, SpecError
 from ._exitstatus import ExitStatus
 from ._limits import RLIMITS
 from ._spawn_errors import spawn_error
 from ._spec import ROOT_ID_MAP
+from ._util import NoPublicConstructor
 from ._zygote_client import OWNED
 from ._zygote_client import clone as _clone_child
 
@@ -45,24 +46,18 @@ if TYPE_CHECKING:
 
     from ._spec import ProcessSpec
 
-__all__ = ["Process", "spawn", "start_process"]
-
-
-class _NoPublicConstructor(type):
-    """Metaclass for handles that only nsup may create (``Cls._create()``)."""
-
-    def __call__(cls, *_args: Any, **_kwargs: Any) -> NoReturn:
-        raise TypeError(
-            f"{cls.__module__}.{cls.__qualname__} has no public constructor; use nsup.spawn()"
-        )
-
-    def _create(cls, *args: Any, **kwargs: Any) -> Any:
-        return super().__call__(*args, **kwargs)
+__all__ = ["Process", "run_process", "spawn", "start_process"]
 
 
 @final
-class Process(metaclass=_NoPublicConstructor):
-    """A running child, held by its pidfd.  Made only by :func:`nsup.spawn`.
+class Process(metaclass=NoPublicConstructor):
+    """A running child, held by its pidfd.
+
+    Made by :func:`nsup.spawn`, :func:`nsup.run_process` (through
+    ``nursery.start``) and :func:`nsup.lowlevel.start_process`; it has no
+    public constructor.  :meth:`send_signal`, :meth:`terminate` and
+    :meth:`kill` only signal, as in trio; :meth:`wait` waits for the exit and
+    :meth:`stop` stops the child and waits.
 
     Attributes:
         pid: the child's pid in the supervisor's PID namespace (with nsup's
@@ -73,18 +68,24 @@ class Process(metaclass=_NoPublicConstructor):
             PID namespace (usually 2); otherwise None.
         stdin, stdout, stderr: trio streams for ``"pipe"`` stdio, else None.
         status: the :class:`nsup.ExitStatus` once reaped, else None.
+        escalated: True once :meth:`stop` had to send SIGKILL.
 
     """
 
-    def __init__(
+    _made_by = "nsup.spawn()"
+
+    def __init__(  # noqa: PLR0913 - the private constructor, called by start_process alone
         self,
         spec: ProcessSpec,
         pid: int,
         pidfd: int,
         report_fd: int,
         cgroup: _cgroup.Cgroup | None = None,
+        *,
+        has_init: bool = True,
     ) -> None:
         self.spec = spec
+        self._has_init = has_init
         self._cgroup = cgroup
         self.pid = pid
         self.pidfd = pidfd
@@ -93,7 +94,7 @@ class Process(metaclass=_NoPublicConstructor):
         self.stdout: trio.lowlevel.FdStream | None = None
         self.stderr: trio.lowlevel.FdStream | None = None
         self.status: ExitStatus | None = None
-        self.escalated = False  # terminate() had to send SIGKILL
+        self.escalated = False
         self._report_fd = report_fd
         self._report = b""
         self._wait_lock = trio.Lock()
@@ -116,6 +117,14 @@ class Process(metaclass=_NoPublicConstructor):
         except ProcessLookupError:
             pass  # exited, not yet reaped: the wait will tell
 
+    def terminate(self) -> None:
+        """Send SIGTERM through the pidfd and return at once, as :meth:`trio.Process.terminate` does.
+
+        It only signals: to stop the child and wait until it is gone, use
+        :meth:`stop`.  A no-op once the child has been reaped.
+        """
+        self.send_signal(signal.SIGTERM)
+
     def kill(self) -> None:
         """Send SIGKILL: with a PID namespace, everything in it dies.
 
@@ -125,7 +134,7 @@ class Process(metaclass=_NoPublicConstructor):
         still below it) has its tree killed from here first, bottom up, and
         only then dies itself: the tree kill does not depend on the cgroup.
         """
-        if self.status is None and "pid" not in self.spec.namespaces and self.spec.has_init:
+        if self.status is None and "pid" not in self.spec.namespaces and self._has_init:
             kill_descendants(self.pid)
         self.send_signal(signal.SIGKILL)
         if self._cgroup is not None and "pid" not in self.spec.namespaces:
@@ -209,14 +218,27 @@ class Process(metaclass=_NoPublicConstructor):
             return False
         return True
 
-    async def terminate(self, grace: float | None = None, *, warn: bool = True) -> ExitStatus:
-        """Stop the child: the spec's stop signal, then SIGKILL after *grace* seconds.
+    async def stop(self, grace: float | None = None, *, warn: bool = True) -> ExitStatus:
+        """Stop the child and reap it: the spec's stop signal, then SIGKILL after *grace* seconds.
 
-        *grace* defaults to the spec's ``stop_timeout``.  Returns as soon as
-        the child is reaped.  Shielded from cancellation, so it always finishes.
-        If SIGKILL was needed, ``escalated`` is set and, with *warn*, a
-        RuntimeWarning says so (after the kill, so a warning turned into an
-        error cannot leave the child running).
+        Returns as soon as the child is reaped.  Shielded from cancellation, so
+        it always finishes; calling it on a child that already exited just
+        returns its status.
+
+        Args:
+            grace: seconds to wait after the stop signal; default the spec's
+                ``stop_timeout``.
+            warn: if SIGKILL was needed, say so with a RuntimeWarning (given
+                after the kill, so a warning turned into an error cannot leave
+                the child running).  ``escalated`` is set either way.
+
+        Returns:
+            How the child ended (:class:`nsup.ExitStatus`).
+
+        Example::
+
+            status = await proc.stop(grace=2)   # SIGTERM, SIGKILL 2 s later if needed
+
         """
         timeout = self.spec.stop_timeout if grace is None else grace
         with trio.CancelScope(shield=True):
@@ -241,9 +263,9 @@ class Process(metaclass=_NoPublicConstructor):
         return status  # noqa: RET504 - outside the scope: mypy cannot see a shielded scope never swallows
 
     async def aclose(self) -> None:
-        """Stop the child if it still runs, reap it, and close every descriptor."""
+        """Stop the child if it still runs (as :meth:`stop` does), reap it, and close every descriptor."""
         try:
-            await self.terminate()
+            await self.stop()
         finally:
             for stream in (self.stdin, self.stdout, self.stderr):
                 if stream is not None:
@@ -321,7 +343,9 @@ def _id_map_text(rows: tuple[tuple[int, int, int], ...] | None, default: int, *,
     return "".join(f"{inside} {outside} {count}\n" for inside, outside, count in rows)
 
 
-def _request(spec: ProcessSpec, targets: list[int], rootfs: str | None) -> dict[str, Any]:
+def _request(
+    spec: ProcessSpec, targets: list[int], rootfs: str | None, join: Process | None
+) -> dict[str, Any]:
     flags = 0
     for name in spec.namespaces:
         flags |= CLONE_FLAGS[name]
@@ -340,7 +364,7 @@ def _request(spec: ProcessSpec, targets: list[int], rootfs: str | None) -> dict[
         "env": env,
         "listen_pid": bool(spec.listen_fds),
         "flags": flags,
-        "init": spec.has_init,
+        "init": _has_init(spec, join),
         "hostname": spec.hostname,
         "cwd": spec.cwd,
         "setsid": spec.new_session,
@@ -363,16 +387,41 @@ def _request(spec: ProcessSpec, targets: list[int], rootfs: str | None) -> dict[
         "nnp": spec.effective_no_new_privs,
         "drop_caps": mask_of(spec.dropped_capabilities),
         "join": -1,
-        "join_flags": _join_flags(spec),
+        "join_flags": _join_flags(join),
     }
 
 
-def _join_flags(spec: ProcessSpec) -> int:
+def _has_init(spec: ProcessSpec, join: Process | None) -> bool:
+    """Whether nsup's init runs the command: as the spec says, joining or not.
+
+    A joined run keeps the init (a subreaper outside the joined PID namespace
+    that starts the command inside it, as ``nsenter --fork`` does); exec probes
+    ask for ``init=False``.
+    """
+    del join  # the same rule either way; kept so every caller states what it joins
+    return spec.init
+
+
+def _join_flags(join: Process | None) -> int:
     flags = 0
-    if spec.join is not None:
-        for name in spec.join.spec.namespaces:
+    if join is not None:
+        for name in join.spec.namespaces:
             flags |= CLONE_FLAGS[name]
     return flags
+
+
+def _check_join(spec: ProcessSpec, join: object) -> None:
+    """Refuse a *join* that is not a live :class:`Process`, or a spec that asks for namespaces too."""
+    if join is None:
+        return
+    if not isinstance(join, Process):
+        raise TypeError(f"'join' must be an nsup.Process (got {join!r})")
+    if spec.namespaces:
+        raise SpecError(
+            "'join' enters another child's namespaces; give the spec namespaces=() with it"
+        )
+    if join.status is not None or join.pidfd < 0:
+        raise SpawnError(3, f"'join' names {join!r}, which has exited", "setns")
 
 
 def _add_cgroup_fds(request: dict[str, Any], fds: list[int], cgroup: _cgroup.Cgroup | None) -> None:
@@ -429,23 +478,46 @@ async def _read_until_started(proc: Process) -> tuple[str, int] | None:
                 proc.command_pid = int(line[1:])
                 return None
         if eof:
-            if proc.spec.has_init:
+            if proc._has_init:  # noqa: SLF001
                 return "init", 0  # init died before it could start the command
             return None
         await trio.lowlevel.wait_readable(proc._report_fd)  # noqa: SLF001
 
 
-async def start_process(spec: ProcessSpec) -> Process:
-    """Start *spec* and return its :class:`Process` once the command has been exec'd.
+async def start_process(spec: ProcessSpec, *, join: Process | None = None) -> Process:
+    """Start *spec* and return its :class:`nsup.Process` once the command has been exec'd.
 
-    The low-level form of :func:`spawn`: the caller owns the result and must
-    ``await proc.aclose()`` it.
+    The low-level form of :func:`nsup.spawn`: the caller owns the result and
+    must ``await proc.aclose()`` it (usually in a ``finally``), or the child
+    keeps running.
+
+    Args:
+        spec: what to run (:class:`nsup.ProcessSpec`).
+        join: a running :class:`nsup.Process` whose namespaces the child
+            enters (``setns`` on its pidfd) instead of creating new ones, as
+            ``nsenter`` does; *spec* must then have ``namespaces=()``, and
+            the command runs without nsup's init.
+
+    Returns:
+        The running :class:`nsup.Process`.
 
     Raises:
-        nsup.SpawnError: a namespace, mount, exec or other stage failed; the
-            child (if any) has been reaped and nothing is left running.
+        nsup.SpawnError: a namespace, mount, exec or other stage failed, or
+            *join* has exited; the child (if any) has been reaped and nothing
+            is left running.
+        nsup.SpecError: *join* was given with a spec that asks for namespaces.
+        TypeError: *join* is not an :class:`nsup.Process`.
+
+    Example::
+
+        proc = await nsup.lowlevel.start_process(spec)
+        try:
+            await proc.wait()
+        finally:
+            await proc.aclose()
 
     """
+    _check_join(spec, join)
     rootfs = _preflight(spec)
     await trio.lowlevel.checkpoint_if_cancelled()  # already cancelled: start nothing
     with ExitStack() as cleanup_on_fail, ExitStack() as child_ends:
@@ -461,20 +533,22 @@ async def start_process(spec: ProcessSpec) -> Process:
             cleanup_on_fail.callback(os.close, fd)
         listen = range(3, 3 + len(spec.listen_fds))
         targets = [0, 1, 2, *listen, *spec.pass_fds]
-        request = _request(spec, targets, rootfs)
+        request = _request(spec, targets, rootfs, join)
         fds = [report_w, *stdio, *(fd for _name, fd in spec.listen_fds), *spec.pass_fds.values()]
-        if spec.join is not None:
-            if spec.join.status is not None or spec.join.pidfd < 0:
-                raise SpawnError(3, f"'join' names {spec.join!r}, which has exited", "setns")
+        if join is not None:
+            if join.status is not None or join.pidfd < 0:
+                raise SpawnError(3, f"'join' names {join!r}, which has exited", "setns")
             request["join"] = len(fds)
-            fds.append(spec.join.pidfd)
+            fds.append(join.pidfd)
         _add_cgroup_fds(request, fds, cgroup)
         pid, err, message, pidfd = await _clone_child(request, fds)
         child_ends.close()  # only the child holds them now
         if pid <= 0:
             raise spawn_error(spec, "clone3", err, request["flags"], message)
         cleanup_on_fail.pop_all()
-        proc: Process = Process._create(spec, pid, pidfd, report_r, cgroup)  # noqa: SLF001 - the metaclass's private constructor
+        proc = Process._create(  # noqa: SLF001 - the metaclass's private constructor
+            spec, pid, pidfd, report_r, cgroup, has_init=_has_init(spec, join)
+        )
     for attr, fd in ours:
         setattr(proc, attr, trio.lowlevel.FdStream(fd))  # the stream owns fd now
     try:
@@ -493,34 +567,97 @@ async def start_process(spec: ProcessSpec) -> Process:
             await proc.aclose()
         stage, errno = failure
         raise spawn_error(spec, stage, errno, request["flags"], message)
-    if not spec.has_init:
+    if not proc._has_init:  # noqa: SLF001
         os.close(proc._report_fd)  # noqa: SLF001 - EOF seen; nothing more will come
         proc._report_fd = -1  # noqa: SLF001
     return proc
 
 
 @asynccontextmanager
-async def spawn(spec: ProcessSpec) -> AsyncIterator[Process]:
-    """Start *spec* and yield its :class:`Process`; stop and reap it on the way out.
+async def spawn(spec: ProcessSpec, *, join: Process | None = None) -> AsyncIterator[Process]:
+    """Start *spec* and yield its :class:`nsup.Process`; stop and reap it on the way out.
 
     Leaving the block, an exception or a cancellation stops the child with
     ``spec.stop_signal``, then SIGKILL after ``spec.stop_timeout``, and waits
     until it is reaped: nothing is ever left behind.
 
+    Args:
+        spec: what to run (:class:`nsup.ProcessSpec`).
+        join: a running :class:`nsup.Process` whose namespaces the child
+            enters instead of creating its own (see
+            :func:`nsup.lowlevel.start_process`).
+
     Example::
 
         spec = nsup.ProcessSpec(argv=["sleep", "10"], namespaces={"pid", "net"})
         async with nsup.spawn(spec) as proc:
-            proc.send_signal(signal.SIGTERM)
+            proc.terminate()             # SIGTERM through the pidfd
             status = await proc.wait()   # ExitStatus(code=None, signal=15)
 
     Raises:
-        nsup.SpawnError: the child could not be started (see ``start_process``).
+        nsup.SpawnError: the child could not be started (see
+            :func:`nsup.lowlevel.start_process`).
 
     """
-    proc = await start_process(spec)
+    proc = await start_process(spec, join=join)
     try:
         yield proc
     finally:
         with trio.CancelScope(shield=True):
             await proc.aclose()
+
+
+async def run_process(
+    spec: ProcessSpec,
+    *,
+    join: Process | None = None,
+    task_status: trio.TaskStatus[Process] = trio.TASK_STATUS_IGNORED,
+) -> ExitStatus:
+    """Run *spec* until it exits and return how it ended; stop it if cancelled.
+
+    Modelled on :func:`trio.run_process`.  Under ``await nursery.start(nsup.run_process,
+    spec)`` the running :class:`nsup.Process` is handed back as soon as the
+    command has been exec'd, while this task supervises it: it waits for the
+    exit, and on cancellation (or any other exception) stops the child (its
+    stop signal, then SIGKILL after ``stop_timeout``), reaps it and re-raises.
+    Either way every descriptor is closed on return, so the handle's
+    ``status`` then says how it ended and ``pidfd`` is -1.
+
+    Unlike :func:`trio.run_process`, an exit with a non-zero code or by a
+    signal is not an error: the :class:`nsup.ExitStatus` says what happened.
+
+    Args:
+        spec: what to run.  ``"pipe"`` stdio needs ``nursery.start``, since
+            the returned handle is the only way to reach the pipe.
+        join: a running :class:`nsup.Process` whose namespaces the child
+            enters (see :func:`nsup.lowlevel.start_process`).
+        task_status: supplied by ``nursery.start``; do not pass it yourself.
+
+    Returns:
+        How the child ended.
+
+    Raises:
+        nsup.SpawnError: the child could not be started (``nursery.start``
+            then raises it, and nothing is left running).
+        ValueError: *spec* has ``"pipe"`` stdio but no ``nursery.start``.
+
+    Example::
+
+        async with trio.open_nursery() as nursery:
+            proc = await nursery.start(nsup.run_process, spec)
+            print(proc.pid)
+            ...                             # the child runs while the nursery lives
+            nursery.cancel_scope.cancel()   # stops it: SIGTERM, SIGKILL after stop_timeout
+
+    """
+    if task_status is trio.TASK_STATUS_IGNORED:
+        piped = [name for name in ("stdin", "stdout", "stderr") if getattr(spec, name) == "pipe"]
+        if piped:
+            raise ValueError(
+                f"{'/'.join(piped)}='pipe' in run_process() needs nursery.start(nsup.run_process, "
+                "spec), since the returned Process is the only way to reach the pipe; "
+                "or use 'null', 'inherit' or a file descriptor"
+            )
+    async with spawn(spec, join=join) as proc:
+        task_status.started(proc)
+        return await proc.wait()

@@ -12,18 +12,15 @@ import os
 import resource
 import signal
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import attrs
 
 from ._clone.caps import check_capabilities
-from ._errors import SpecError
-from ._mount import Mount
-
-if TYPE_CHECKING:
-    from ._process import Process
 from ._clone.namespaces import DEFAULT_NAMESPACES, check_namespaces
+from ._errors import SpecError
 from ._limits import RLIMITS, Limits
+from ._mount import Mount
 
 __all__ = ["HARDENING_DROPS", "ROOT_ID_MAP", "IdMap", "ProcessSpec", "StdioMode"]
 
@@ -279,7 +276,8 @@ class ProcessSpec:
         namespaces: names from pid, mount, uts, ipc, net, user, cgroup;
             default ``{"pid", "mount", "uts", "ipc"}``; ``()`` for none.
         hostname: needs ``uts``.
-        init: run the command under nsup's init (default).  With a ``pid``
+        init: run the command under nsup's init (default; never when the
+            child joins another's namespaces, see ``join`` of :func:`nsup.spawn`).  With a ``pid``
             namespace the init is PID 1; without one it is a child subreaper
             that kills every descendant when the command exits or the
             supervisor dies, so nothing escapes either way.  ``False`` execs
@@ -305,13 +303,6 @@ class ProcessSpec:
         mounts: ``nsup.Mount`` entries applied in order; needs ``mount``.
         new_session: start the child in a new session (``setsid``), away from
             the terminal's signals.
-        join: a running :class:`nsup.Process` whose namespaces the child
-            enters (``setns`` on its pidfd) instead of creating new ones, as
-            ``nsenter`` does; used for ``exec`` probes and sidecars.  Needs
-            ``namespaces=()``.  With ``init``, nsup's init (a subreaper, in
-            the caller's PID namespace) starts the command inside the joined
-            PID namespace, as ``nsenter --fork`` does; with ``init=False`` the
-            command itself stays outside it and only its children enter it.
         stop_signal, stop_timeout: how the child is stopped when its block
             ends or is cancelled: this signal, then SIGKILL after the timeout.
         limits: an ``nsup.Limits``: ``memory``, ``pids`` and ``cpu`` (cores)
@@ -370,17 +361,8 @@ class ProcessSpec:
     groups: tuple[int, ...] | None = attrs.field(default=None, converter=_groups)
     umask: int | None = attrs.field(default=None, converter=_umask)
 
-    join: Process | None = attrs.field(default=None, eq=False, repr=False)
-
     def __attrs_post_init__(self) -> None:
         """Check the arguments that depend on each other."""
-        if self.join is not None:
-            if not hasattr(self.join, "pidfd") or not hasattr(self.join, "spec"):
-                raise SpecError(f"'join' must be a running nsup.Process (got {self.join!r})")
-            if self.namespaces:
-                raise SpecError(
-                    "'join' enters another child's namespaces; give namespaces=() with it"
-                )
         needs = (
             ("hostname", self.hostname is not None, "uts"),
             ("uid_map", self.uid_map is not None, "user"),
@@ -433,8 +415,3 @@ class ProcessSpec:
         if self.hardened and self.capabilities is None:
             return HARDENING_DROPS
         return frozenset()
-
-    @property
-    def has_init(self) -> bool:
-        """True when nsup's init runs the command: as PID 1 with a ``pid`` namespace, else as subreaper."""
-        return self.init

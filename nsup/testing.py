@@ -28,7 +28,7 @@ import trio
 
 from ._engine.supervisor import Supervisor
 from ._exitstatus import ExitStatus
-from ._process import _NoPublicConstructor
+from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from ._cgroup import CgroupStatistics
@@ -57,12 +57,13 @@ class NsupLeakWarning(UserWarning):
 
 
 @final
-class Worker(metaclass=_NoPublicConstructor):
+class Worker(metaclass=NoPublicConstructor):
     """A worker started by the ``nsup_spawn`` fixture: a :class:`nsup.Process` with test helpers.
 
     The process's own API is forwarded (``pid``, ``pidfd``, ``command_pid``,
-    ``spec``, ``status``, ``send_signal()``, ``kill()``, ``poll()``,
-    ``wait()``, ``statistics()``); the handle itself is ``worker.process``.
+    ``spec``, ``status``, ``send_signal()``, ``terminate()``, ``kill()``,
+    ``poll()``, ``wait()``, ``stop()``, ``statistics()``); the handle itself
+    is ``worker.process``.
     Captured streams are read by the harness: use :attr:`output`,
     :attr:`lines` and :meth:`expect_line` rather than
     ``worker.process.stdout``.
@@ -71,6 +72,8 @@ class Worker(metaclass=_NoPublicConstructor):
         process: the :class:`nsup.Process`.
 
     """
+
+    _made_by = "the nsup_spawn fixture"
 
     def __init__(self, process: Process, streams: list[trio.abc.ReceiveStream]) -> None:
         """Wrap *process*; the harness reads *streams* into the output buffers."""
@@ -119,9 +122,17 @@ class Worker(metaclass=_NoPublicConstructor):
         """Send *sig* through the pidfd (see :meth:`nsup.Process.send_signal`)."""
         self.process.send_signal(sig)
 
+    def terminate(self) -> None:
+        """Send SIGTERM, and return at once (see :meth:`nsup.Process.terminate`)."""
+        self.process.terminate()
+
     def kill(self) -> None:
         """Send SIGKILL (see :meth:`nsup.Process.kill`)."""
         self.process.kill()
+
+    async def stop(self, grace: float | None = None) -> ExitStatus:
+        """Stop the worker and wait until it is reaped (see :meth:`nsup.Process.stop`)."""
+        return await self.process.stop(grace)
 
     def poll(self) -> ExitStatus | None:
         """Reap the worker if it has exited, without blocking."""

@@ -5,7 +5,9 @@ environment (unless a test gives it another environment on purpose, which
 then passes ``marker_env()``).  After each test, and at the end of the
 session, any live process other than this one and its zygotes that carries
 the marker is a leak: the test fails and the leaked processes are killed by
-pid, so one leak does not cascade into later tests.
+pid, so one leak does not cascade into later tests.  The processes that run
+the suite (``.ci/run`` sets the marker before it starts pytest, and a
+``timeout`` wrapper inherits it) are this process's ancestors and never count.
 """
 
 from __future__ import annotations
@@ -34,8 +36,24 @@ def marker_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def ancestors(pid: int | str = "self") -> set[int]:
+    """The pids of *pid*'s parent, its parent, and so on up to PID 1."""
+    found: set[int] = set()
+    while True:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return found
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        if ppid <= 0 or ppid in found:
+            return found
+        found.add(ppid)
+        pid = ppid
+
+
 def _ours() -> set[int]:
-    exempt = {os.getpid()}
+    """This process, its zygotes, and whatever runs the suite (a ``timeout`` wrapper carries the marker too)."""
+    exempt = {os.getpid(), *ancestors()}
     exempt.update(z._proc.pid for z in _zygote_client._zygotes.values())
     return exempt
 

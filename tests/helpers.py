@@ -84,3 +84,30 @@ async def run_once(policy_dict: dict, view: Any = None) -> list:
         await sup.close_output()
         nursery.cancel_scope.cancel()
     return events
+
+
+class Recorder:
+    """Collects a supervisor's events; lets a test wait for one without sleeping."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+        self._changed = trio.Event()
+
+    async def run(self, sup, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        events = sup.events()
+        task_status.started()
+        async for event in events:
+            self.events.append(event)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def of(self, kind: str, service: str | None = None) -> list:
+        return [
+            e for e in self.events if e.kind == kind and (service is None or e.service == service)
+        ]
+
+    async def wait(self, kind: str, service: str | None = None, count: int = 1) -> list:
+        with trio.fail_after(20):
+            while len(self.of(kind, service)) < count:
+                await self._changed.wait()
+        return self.of(kind, service)

@@ -1,6 +1,11 @@
-"""The public names: each exported once, from the module that owns it, and nothing private."""
+"""The public names: each exported once, shown under its public home, and nothing private."""
 
 from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -11,25 +16,98 @@ import nsup.testing
 PUBLIC = [
     "Backoff", "CgroupStatistics", "Event", "ExitStatus", "GaveUpError", "HealthProbe", "Limits",
     "Mount", "NsupError", "Policy", "PolicyError", "PolicyIssue", "Probe", "Process",
-    "ProcessSpec", "Service", "ServiceInstance", "ServiceStatus", "Socket", "SpawnError", "SpecError",
-    "Stop", "Supervisor", "SupervisorConfig", "load_policy", "open_supervisor", "spawn",
+    "ProcessSpec", "Service", "ServiceInstance", "ServiceStatus", "Socket", "SpawnError",
+    "SpecError",
+    "Stop", "Supervisor", "SupervisorConfig", "load_policy", "open_supervisor", "run_process",
+    "spawn",
 ]  # fmt: skip
+LOWLEVEL = ["start_process"]
+TESTING = ["NsupLeakWarning", "SpawnFixture", "SupervisorFixture", "Worker"]
+SUBMODULES = {"lowlevel"}  # imported by ``import nsup``, as trio imports its lowlevel
+
+NAMESPACES = [(nsup, PUBLIC), (nsup.lowlevel, LOWLEVEL), (nsup.testing, TESTING)]
 
 
-def test_public_names_are_exactly_these():
-    exported = sorted(
-        n
-        for n in vars(nsup)
-        if n.isidentifier()
-        and not n.startswith("_")
-        and n not in {"annotations", "lowlevel", "testing", "pytest_plugin"}
+def _public(module) -> list[str]:
+    if module is nsup.testing:
+        return sorted(module.__all__)  # a module with code of its own: __all__ says what is public
+    return sorted(
+        name
+        for name, value in vars(module).items()
+        if name.isidentifier()  # pytest's assertion rewriting adds "@py_builtins"
+        and not name.startswith("_")
+        and name != "annotations"
+        and not (inspect.ismodule(value) and name not in SUBMODULES)
     )
-    assert sorted(PUBLIC) == exported
 
 
-@pytest.mark.parametrize("name", PUBLIC)
-def test_in_namespace(name):
-    assert getattr(nsup, name).__module__.startswith("nsup._")
+@pytest.mark.parametrize(("module", "names"), NAMESPACES, ids=["nsup", "lowlevel", "testing"])
+def test_public_names_are_exactly_these(module, names):
+    expected = sorted(names) + (sorted(SUBMODULES) if module is nsup else [])
+    assert sorted(expected) == _public(module)
+
+
+def test_lowlevel_comes_with_import_nsup():
+    """``import nsup; nsup.lowlevel.start_process`` works without importing nsup.lowlevel."""
+    program = "import nsup; print(nsup.lowlevel.start_process.__module__)"
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    )
+    assert "nsup.lowlevel" == out.stdout.strip()
+
+
+ALIASES = {
+    "SpawnFixture",
+    "SupervisorFixture",
+}  # type aliases: typing objects, no home of their own
+
+
+@pytest.mark.parametrize(
+    "qualified",
+    [f"{m.__name__}.{n}" for m, names in NAMESPACES for n in names if n not in ALIASES],
+)
+def test_each_name_shows_its_public_home(qualified):
+    module_name, _, name = qualified.rpartition(".")
+    obj = getattr(sys.modules[module_name], name)
+    assert (module_name, name) == (obj.__module__, obj.__qualname__)
+
+
+def test_methods_show_the_public_home_too():
+    assert "nsup" == nsup.Process.stop.__module__
+    assert "Process.stop" == nsup.Process.stop.__qualname__
+    assert "nsup" == nsup.ProcessSpec.__init__.__module__
+
+
+def test_lowlevel_tier():
+    assert "nsup.lowlevel" == nsup.lowlevel.start_process.__module__
+
+
+NO_PUBLIC_CONSTRUCTOR = [
+    (nsup.Process, "nsup.Process has no public constructor; use nsup.spawn()"),
+    (
+        nsup.testing.Worker,
+        "nsup.testing.Worker has no public constructor; use the nsup_spawn fixture",
+    ),
+]
+
+
+@pytest.mark.parametrize(("cls", "message"), NO_PUBLIC_CONSTRUCTOR)
+def test_handles_only_nsup_builds_have_no_public_constructor(cls, message):
+    with pytest.raises(TypeError, match=re.escape(message)):
+        cls()
+    assert getattr(cls, "__final__", False), f"{cls.__qualname__} is not @final"
+
+
+def test_only_those_handles_refuse_construction():
+    """Every other exported class is a value or an error the user may build."""
+    refusing = {
+        f"{module.__name__}.{name}"
+        for module, names in NAMESPACES
+        for name in names
+        if isinstance(getattr(module, name), type)
+        and type(getattr(module, name)).__name__ == "NoPublicConstructor"
+    }
+    assert {f"{c.__module__}.{c.__qualname__}" for c, _ in NO_PUBLIC_CONSTRUCTOR} == refusing
 
 
 @pytest.mark.parametrize(
@@ -46,5 +124,7 @@ def test_errors_refine_a_builtin(error, builtin):
     assert issubclass(error, builtin)
 
 
-def test_lowlevel_tier():
-    assert nsup.lowlevel.start_process.__module__ == "nsup._process"
+def test_tracebacks_name_the_public_class():
+    with pytest.raises(nsup.SpecError) as info:
+        nsup.ProcessSpec(argv=[])
+    assert "nsup.SpecError" == f"{type(info.value).__module__}.{type(info.value).__qualname__}"

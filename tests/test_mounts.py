@@ -70,10 +70,67 @@ async def test_read_only_bind_is_recursive_and_keeps_locked_flags():
     assert not os.path.exists("/sys/fs/cgroup/unified/nsup-ro-test")
 
 
-async def test_mount_setattr_is_available_here():
-    """The recursive path is the one the tests above exercise, not the fallback."""
+def _kernel_at_least(major: int, minor: int) -> bool:
+    release = os.uname().release.split("-")[0].split(".")
+    return (int(release[0]), int(release[1])) >= (major, minor)
+
+
+def test_mount_setattr_is_available_here():
+    """On 5.12 and later the recursive path is the one the tests above exercise, not the fallback."""
+    if not _kernel_at_least(5, 12):
+        pytest.skip("mount_setattr(2) needs Linux 5.12; the fallback test below covers this kernel")
+    assert _sys.probe_mount_setattr()
     with pytest.raises(FileNotFoundError):  # ENOENT, not ENOSYS
         _sys.mount_setattr("/no/such/path", _sys.MOUNT_ATTR_RDONLY)
+
+
+# Runs in its own process and mount namespace, with the probe's answer forced to
+# "no mount_setattr", as on a kernel before 5.12: the fallback must still make the
+# bind read-only and keep the flags the kernel locks on the source mount.
+_FALLBACK = """
+import os, sys
+from nsup._clone import child, syscalls
+from nsup._clone.namespaces import CLONE_FLAGS
+syscalls.unshare(CLONE_FLAGS["mount"])
+syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+child.HAVE_MOUNT_SETATTR = False
+syscalls.mount_setattr = None  # the fallback must not call it
+source, target = sys.argv[1], sys.argv[2]
+syscalls.mount(source, target, None, syscalls.MS_BIND | syscalls.MS_REC)
+child._make_readonly(target)
+try:
+    os.mkdir(os.path.join(target, "x"))
+except OSError as e:
+    print(e.errno)
+print(os.statvfs(target).f_flag)
+"""
+
+
+def test_read_only_fallback_before_mount_setattr(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a mount namespace")
+    source = tmp_path / "src"
+    target = tmp_path / "dst"
+    source.mkdir()
+    target.mkdir()
+    # A nosuid,nodev source: a remount that dropped those flags would fail with EPERM
+    # in a user namespace (the kernel locks them), so the fallback must keep them.
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "nosuid,nodev,size=1m", "nsup-src", str(source)], check=True
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _FALLBACK, str(source), str(target)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    finally:
+        subprocess.run(["umount", str(source)], check=True)
+    flags = int(out[1])
+    assert "30" == out[0]  # EROFS
+    assert (1, 2, 4) == (flags & 1, flags & 2, flags & 4), out  # ST_RDONLY, ST_NOSUID, ST_NODEV
+    assert not (target / "x").exists()
 
 
 async def test_tmpfs_is_private_sized_and_has_its_mode(tmp_path):

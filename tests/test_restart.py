@@ -1,92 +1,175 @@
-"""The restart table, backoff and intensity, transition by transition (no processes)."""
+"""The restart table's promises, seen through a real supervisor; backoff and intensity."""
 
 from __future__ import annotations
 
 import random
+import signal
+from contextlib import asynccontextmanager
 
 import pytest
+import trio
+import trio.testing
+from helpers import Recorder
 
+import nsup
 from nsup import ExitStatus
-from nsup._engine.restart import (
-    TRANSITIONS,
-    Action,
-    BackoffCounter,
-    Input,
-    Intensity,
-    State,
-    transition,
-    wants_restart,
-)
+from nsup._engine.restart import BackoffCounter, Intensity, wants_restart
 from nsup._policy.model import Backoff
 
-S, I, A = State, Input, Action
+# --- what the runner does with each transition, seen through a real supervisor ---------
+#
+# The table itself is data; these tests check the behaviour each row promises,
+# through the public API only (status, events, start/stop/restart/signal), so
+# they hold whatever the runner's insides look like.
+
+SLEEPER = {"command": ["sleep", "100"], "namespaces": []}
+FOREVER = {"initial": "1h", "max": "1h", "factor": 1.0, "jitter": 0.0}  # a backoff that never ends
+QUICK = {"initial": "10ms", "max": "10ms", "factor": 1.0, "jitter": 0.0}
+
+
+@asynccontextmanager
+async def supervised(service: dict, **supervisor):
+    """Run one service "a" beside a bystander "b" (so the supervisor never ends on its own)."""
+    pol = nsup.Policy.from_dict(
+        {"supervisor": supervisor, "services": {"a": service, "b": SLEEPER}}
+    )
+    async with (
+        nsup.open_supervisor(pol, output=lambda n, l: None) as sup,
+        trio.open_nursery() as nursery,
+    ):
+        rec = Recorder()
+        await nursery.start(rec.run, sup)
+        yield sup, rec
+        nursery.cancel_scope.cancel()
+
+
+def a(sup) -> nsup.ServiceStatus:
+    return sup.status()["a"]
+
+
+async def settled() -> None:
+    """Let every task run until all wait (the runner has handled what it was sent)."""
+    await trio.testing.wait_all_tasks_blocked(0.05)
+
+
+async def test_an_exit_the_rule_restarts_backs_off_then_starts_again():
+    async with supervised({**SLEEPER, "backoff": QUICK}, max_restarts=5) as (sup, rec):
+        first = a(sup).pid
+        sup.signal("a", signal.SIGKILL)
+        restarting = await rec.wait("restarting")
+        started = await rec.wait("started")
+        assert (0.01, "a") == (pytest.approx(restarting[0].delay), started[0].service)
+        await sup.start("a")  # returns once it is up
+        assert ("up", nsup.ExitStatus(signal=signal.SIGKILL)) == (a(sup).state, a(sup).last_exit)
+        assert first != a(sup).pid
+
+
+async def test_an_exit_the_rule_leaves_ends_it():
+    async with supervised({**SLEEPER, "restart": "never"}) as (sup, rec):
+        sup.signal("a", signal.SIGKILL)
+        await rec.wait("exited")
+        await settled()
+        assert ("ended", None, []) == (a(sup).state, a(sup).pid, rec.of("restarting"))
+
+
+async def test_a_stop_is_not_a_failure():
+    """An exit while nsup stops it goes DOWN, whatever the status: no restart, no give-up."""
+    async with supervised({**SLEEPER, "restart": "always"}, max_restarts=0) as (sup, rec):
+        await sup.stop("a")
+        await settled()
+        status = a(sup)
+        assert ("down", None) == (status.state, status.pid)
+        assert nsup.ExitStatus(signal=signal.SIGTERM) == status.last_exit
+        assert ([], []) == (rec.of("restarting"), rec.of("gave_up"))
+
+
+async def test_stopping_what_is_down_does_nothing():
+    async with supervised(SLEEPER) as (sup, rec):
+        await sup.stop("a")
+        await settled()
+        seen = len(rec.events)
+        await sup.stop("a")
+        await settled()
+        assert ("down", seen) == (a(sup).state, len(rec.events))
+
+
+async def test_a_manual_restart_stops_first_then_starts_at_once():
+    """Not counted toward intensity: with max_restarts = 0 it does not give up."""
+    async with supervised(SLEEPER, max_restarts=0) as (sup, rec):
+        before = a(sup).pid
+        await sup.restart("a")
+        await rec.wait("ready")  # published as restart() returns; the recorder may lag
+        assert ["stopping", "exited", "restarting", "starting", "started", "ready"] == [
+            e.kind for e in rec.events if e.service == "a"
+        ]
+        assert 0 == rec.of("restarting")[0].delay
+        assert ("up", []) == (a(sup).state, rec.of("gave_up"))
+        assert before != a(sup).pid
+
+
+async def test_restart_during_backoff_starts_at_once():
+    async with supervised({**SLEEPER, "backoff": FOREVER}, max_restarts=5) as (sup, rec):
+        sup.signal("a", signal.SIGKILL)
+        assert 3600 == (await rec.wait("restarting"))[0].delay
+        assert "backoff" == a(sup).state
+        with trio.fail_after(20):  # not an hour
+            await sup.restart("a")
+        assert ("up", 1) == (a(sup).state, len(rec.of("started")))
+
+
+async def test_stop_during_backoff_cancels_the_pending_restart():
+    async with supervised({**SLEEPER, "backoff": FOREVER}, max_restarts=5) as (sup, rec):
+        sup.signal("a", signal.SIGKILL)
+        await rec.wait("restarting")
+        await sup.stop("a")
+        await settled()
+        assert ("down", []) == (a(sup).state, rec.of("started"))
+        await sup.start("a")  # and it starts again on request, without waiting the delay
+        assert "up" == a(sup).state
 
 
 @pytest.mark.parametrize(
-    ("state", "event", "action", "new_state", "why"),
+    "how",
     [
-        (S.DOWN, I.START, A.SPAWN, S.STARTING, "a start request spawns"),
-        (S.STARTING, I.READY, A.ANNOUNCE_READY, S.UP, "readiness releases dependents"),
-        (
-            S.STARTING,
-            I.PROBE_FAILED,
-            A.KILL,
-            S.RESTARTING,
-            "not ready in time: stop it, then restart",
+        pytest.param(
+            "start",
+            marks=pytest.mark.xfail(
+                reason="Supervisor.start() returns at once for an ended service, before the "
+                "runner has handled START (it waits for 'up or ended'); the supervisor-level "
+                "API of issue 16 (wave two) fixes it",
+                strict=True,
+            ),
         ),
-        (S.UP, I.PROBE_FAILED, A.KILL, S.RESTARTING, "health failed: stop it, then restart"),
-        (
-            S.UP,
-            I.EXIT_RESTART,
-            A.ON_EXIT,
-            S.BACKOFF,
-            "an exit the rule restarts goes to the supervisor",
-        ),
-        (S.UP, I.EXIT_FINAL, A.NONE, S.ENDED, "an exit the rule leaves ends it"),
-        (S.STARTING, I.EXIT_RESTART, A.ON_EXIT, S.BACKOFF, "a crash while starting counts too"),
-        (S.UP, I.STOP, A.KILL, S.STOPPING, "a stop request stops it"),
-        (
-            S.STOPPING,
-            I.EXIT_RESTART,
-            A.NONE,
-            S.DOWN,
-            "an exit while nsup stops it is not a failure",
-        ),
-        (S.STOPPING, I.EXIT_FINAL, A.NONE, S.DOWN, "and neither is a clean one"),
-        (S.UP, I.RESTART, A.KILL, S.RESTARTING, "a manual restart stops it first"),
-        (S.RESTARTING, I.EXIT_RESTART, A.RESCHEDULE, S.BACKOFF, "then starts it again"),
-        (S.RESTARTING, I.EXIT_FINAL, A.RESCHEDULE, S.BACKOFF, "whatever its restart rule says"),
-        (S.RESTARTING, I.STOP, A.NONE, S.STOPPING, "a stop during a restart wins"),
-        (S.BACKOFF, I.DELAY_DONE, A.SPAWN, S.STARTING, "the delay ran out"),
-        (S.BACKOFF, I.STOP, A.CANCEL_DELAY, S.DOWN, "a stop cancels a pending restart"),
-        (S.BACKOFF, I.RESTART, A.CANCEL_DELAY, S.DOWN, "a manual restart skips the delay"),
-        (S.ENDED, I.START, A.SPAWN, S.STARTING, "an ended service can be started again"),
-        (S.DOWN, I.STOP, A.NONE, S.DOWN, "stopping what is down does nothing"),
-        (
-            S.STOPPING,
-            I.START,
-            A.NONE,
-            S.RESTARTING,
-            "a start during a stop restarts once it is down",
-        ),
+        "restart",
     ],
 )
-def test_transition(state, event, action, new_state, why):
-    assert (action, new_state) == transition(state, event), why
+async def test_an_ended_service_can_be_started_again(how):
+    async with supervised({**SLEEPER, "restart": "never"}) as (sup, rec):
+        sup.signal("a", signal.SIGKILL)
+        await rec.wait("exited")
+        await settled()
+        assert "ended" == a(sup).state
+        await getattr(sup, how)("a")
+        assert ("up", 1) == (a(sup).state, len(rec.of("started")))
 
 
-UNLISTED = [(s, e) for s in State for e in Input if (s, e) not in TRANSITIONS]
-
-
-@pytest.mark.parametrize(("state", "event"), UNLISTED)
-def test_unlisted_pairs_change_nothing(state, event):
-    assert (A.NONE, state) == transition(state, event)
-
-
-@pytest.mark.parametrize("state", [S.DOWN, S.ENDED, S.BACKOFF, S.STOPPING])
-@pytest.mark.parametrize("event", [I.READY, I.PROBE_FAILED])
-def test_stale_probe_results_are_ignored(state, event):
-    assert transition(state, event)[0] is A.NONE
+async def test_a_crash_while_starting_counts_too(tmp_path):
+    """An exit before readiness is an exit: the restart rule and the backoff apply."""
+    ran = tmp_path / "ran"
+    service = {
+        # The first run gets ready; every later one exits 3 before it is ready.
+        "command": ["sh", "-c", f"test -e {ran} && exit 3; touch {ran}; echo up; exec sleep 100"],
+        "namespaces": [],
+        "ready": {"log": "up", "timeout": "1h"},
+        "backoff": {"initial": "10ms", "max": "1h", "factor": 360000.0, "jitter": 0.0},
+    }
+    async with supervised(service, max_restarts=5) as (sup, rec):
+        sup.signal("a", signal.SIGKILL)
+        restarting = await rec.wait("restarting", count=2)
+        assert [0.01, 3600] == pytest.approx([e.delay for e in restarting])
+        status = a(sup)
+        assert ("backoff", nsup.ExitStatus(code=3)) == (status.state, status.last_exit)
+        assert [] == [e for e in rec.of("ready") if e.service == "a"]
 
 
 @pytest.mark.parametrize(

@@ -163,22 +163,55 @@ async def test_exit_codes(code, init):
     assert status.exit_code == code
 
 
-@pytest.mark.parametrize("init", [True, False])
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGKILL, signal.SIGSEGV])
-async def test_death_by_signal_is_reported_as_such(signo, init):
-    # With init=False the command is PID 1 and cannot signal itself: use a child shell.
-    status, _ = await run(
-        ["sh", "-c", f"sh -c 'kill -{signo.name[3:]} $$'; exit $?"]
-        if not init
-        else ["sh", "-c", f"kill -{signo.name[3:]} $$"],
-        init=init,
-        namespaces=["pid", "mount"] if init else [],
+async def test_death_by_signal_is_reported_as_such(signo):
+    """Under nsup's init the command (PID 2) kills itself; the init reports the signal."""
+    status, _ = await run(["sh", "-c", f"kill -{signo.name[3:]} $$"], namespaces=["pid", "mount"])
+    assert status.signal == signo
+    assert status.exit_code == 128 + signo
+
+
+# Without the init the command itself is PID 1 of its namespace.  The kernel shields
+# PID 1 from signals it has no handler for, except SIGKILL from an ancestor
+# namespace and a fault the kernel forces (a real SIGSEGV); those are the deaths
+# by signal a PID-1 command can die, and they must be reported as such.
+_SEGFAULT = "import ctypes, os; print(os.getpid(), flush=True); ctypes.string_at(0)"
+_WAITS = "import os, signal; print(os.getpid(), flush=True); signal.pause()"
+
+
+@pytest.mark.parametrize(
+    ("signo", "script"), [(signal.SIGKILL, _WAITS), (signal.SIGSEGV, _SEGFAULT)], ids=str
+)
+async def test_death_by_signal_of_a_pid_1_command_without_init(signo, script):
+    spec = nsup.ProcessSpec(
+        argv=[PYTHON, "-I", "-S", "-c", script],
+        init=False,
+        namespaces=["pid", "mount"],
+        stdout="pipe",
     )
-    if init:
-        assert status.signal == signo
-        assert status.exit_code == 128 + signo
-    else:
-        assert status.code == 128 + signo  # the outer shell reports its child's death
+    async with nsup.spawn(spec) as proc:
+        assert b"1" == await read_line(proc.stdout)  # the command is PID 1
+        assert proc.command_pid is None  # no init between us and it
+        if signo == signal.SIGKILL:
+            proc.kill()
+        status = await proc.wait()
+    assert nsup.ExitStatus(signal=signo) == status
+    assert 128 + signo == status.exit_code
+
+
+async def test_a_pid_1_command_without_init_ignores_sigterm_it_does_not_handle():
+    """Why the init exists: PID 1 without a handler ignores SIGTERM, so stop() must escalate."""
+    spec = nsup.ProcessSpec(
+        argv=[PYTHON, "-I", "-S", "-c", _WAITS],
+        init=False,
+        stdout="pipe",
+        stop_timeout=0.2,
+    )
+    async with nsup.spawn(spec) as proc:
+        assert b"1" == await read_line(proc.stdout)
+        with pytest.warns(RuntimeWarning, match="ignored SIGTERM for 0.2 seconds"):
+            status = await proc.stop()
+    assert nsup.ExitStatus(signal=signal.SIGKILL) == status
 
 
 async def test_send_signal_reaches_the_command_through_init():
@@ -406,7 +439,7 @@ async def test_missing_bind_source():
 def test_process_has_no_public_constructor():
     with pytest.raises(
         TypeError,
-        match=re.escape("nsup._process.Process has no public constructor; use nsup.spawn()"),
+        match=re.escape("nsup.Process has no public constructor; use nsup.spawn()"),
     ):
         nsup.Process()
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import trio
-from helpers import PYTHON
+from helpers import PYTHON, Recorder
 
 import nsup
 from nsup._engine.restart import State
@@ -19,33 +19,6 @@ FAST = {"initial": "10ms", "max": "10ms", "factor": 1.0, "jitter": 0.0}
 
 def policy(services: dict, **supervisor) -> Policy:
     return Policy.from_dict({"supervisor": supervisor, "services": services})
-
-
-class Recorder:
-    """Collects a supervisor's events; lets a test wait for one without sleeping."""
-
-    def __init__(self) -> None:
-        self.events: list = []
-        self._changed = trio.Event()
-
-    async def run(self, sup, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        events = sup.events()
-        task_status.started()
-        async for event in events:
-            self.events.append(event)
-            self._changed.set()
-            self._changed = trio.Event()
-
-    def of(self, kind: str, service: str | None = None) -> list:
-        return [
-            e for e in self.events if e.kind == kind and (service is None or e.service == service)
-        ]
-
-    async def wait(self, kind: str, service: str | None = None, count: int = 1) -> list:
-        with trio.fail_after(20):
-            while len(self.of(kind, service)) < count:
-                await self._changed.wait()
-        return self.of(kind, service)
 
 
 @pytest.fixture

@@ -150,6 +150,16 @@ async def test_the_process_api_is_forwarded(nsup_spawn):
     assert repr(worker) == f"<nsup.testing.Worker {worker.process!r}>"
 
 
+async def test_terminate_only_signals_and_stop_waits(nsup_spawn):
+    first = await nsup_spawn(["sleep", "1000"])
+    assert first.terminate() is None
+    assert first.status is None  # signalled, not yet reaped
+    await first.expect_exit(signal=signal.SIGTERM)
+    second = await nsup_spawn(["sleep", "1000"])
+    assert nsup.ExitStatus(signal=signal.SIGTERM) == await second.stop()
+    assert nsup.ExitStatus(signal=signal.SIGTERM) == second.status
+
+
 def test_worker_has_no_public_constructor():
     with pytest.raises(TypeError, match="has no public constructor"):
         Worker(None, [])

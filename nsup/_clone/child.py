@@ -91,19 +91,33 @@ _DEV_LINKS = (
 _EXDEV = 18
 
 
+HAVE_MOUNT_SETATTR: bool | None = None
+"""Whether the kernel has ``mount_setattr(2)`` (Linux 5.12); None until probed.
+
+The zygote probes once at boot (:func:`have_mount_setattr`), so every child
+it clones inherits the answer; a test sets it to False to force the fallback.
+"""
+
+
+def have_mount_setattr() -> bool:
+    """Probe ``mount_setattr(2)`` once (ENOSYS on kernels before 5.12) and remember the answer."""
+    global HAVE_MOUNT_SETATTR  # noqa: PLW0603 - a probe-once module flag, as the docstring says
+    if HAVE_MOUNT_SETATTR is None:
+        HAVE_MOUNT_SETATTR = _sys.probe_mount_setattr()
+    return HAVE_MOUNT_SETATTR
+
+
 def _make_readonly(target: str) -> None:
     """Make the mount at *target*, and every mount beneath it, read-only.
 
     ``mount_setattr(AT_RECURSIVE)`` (Linux 5.12) changes only the read-only
-    attribute; before it, a bind remount of the top mount keeps the flags
-    the kernel locks (nosuid, nodev, noexec), and mounts beneath stay as
-    they were.
+    attribute.  Before 5.12 the fallback is a bind remount of the top mount
+    that keeps the flags the kernel locks (nosuid, nodev, noexec); mounts
+    beneath it stay as they were.
     """
-    try:
+    if have_mount_setattr():
         _sys.mount_setattr(target, _sys.MOUNT_ATTR_RDONLY, recursive=True)
-    except OSError as exc:
-        if exc.errno != 38:  # ENOSYS
-            raise
+    else:
         locked = os.statvfs(target).f_flag & _LOCKED_FLAGS
         flags = _sys.MS_REMOUNT | _sys.MS_BIND | _sys.MS_RDONLY | locked
         _sys.mount(None, target, None, flags)

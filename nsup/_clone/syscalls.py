@@ -18,6 +18,7 @@ gets a clear error rather than a guess.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import signal
@@ -58,6 +59,7 @@ __all__ = [
     "mount_setattr",
     "pivot_root",
     "prctl",
+    "probe_mount_setattr",
     "sethostname",
     "setns",
     "signal_pid",
@@ -373,6 +375,15 @@ def capget() -> tuple[int, int, int]:
         data[0].permitted | data[1].permitted << 32,
         data[0].inheritable | data[1].inheritable << 32,
     )
+
+
+def probe_mount_setattr() -> bool:
+    """Whether the kernel has ``mount_setattr(2)``: any answer but ENOSYS says it has."""
+    try:
+        mount_setattr("/nonexistent/nsup-probe", MOUNT_ATTR_RDONLY, recursive=False)
+    except OSError as exc:
+        return exc.errno != errno.ENOSYS
+    return True  # cannot happen (the path does not exist), but it would mean yes
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:

@@ -133,6 +133,7 @@ def main(parent_pid: int, sock_fd: int) -> None:
         return  # the supervisor died before PDEATHSIG was armed
     supervisor_pidfd = os.pidfd_open(parent_pid)
     _prepare_signals()
+    _child.have_mount_setattr()  # probed once here; every child inherits the answer
     sock = socket.socket(fileno=sock_fd)
     sock.set_inheritable(False)  # pass_fds made it inheritable; no command may hold it
     gc.collect()

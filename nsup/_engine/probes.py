@@ -170,11 +170,10 @@ async def exec_probe(argv: tuple[str, ...], proc: Process, limit: float) -> bool
         stdout="null",
         stderr="null",
         stdin="null",
-        join=proc,
         init=False,  # a probe needs no reaper; it only has to exit
         stop_timeout=1.0,
     )
     with trio.move_on_after(limit):
-        async with spawn(spec) as probe:
+        async with spawn(spec, join=proc) as probe:
             return (await probe.wait()).success
     return False

@@ -518,7 +518,7 @@ class Runner:
         self._nursery.start_soon(self._terminate, self.proc)
 
     async def _terminate(self, proc: Process) -> None:
-        await proc.terminate(warn=False)
+        await proc.stop(warn=False)
         if proc.escalated:
             signame = proc.spec.stop_signal.name
             message = f"ignored {signame} for {proc.spec.stop_timeout:g}s; sent SIGKILL"
@@ -658,10 +658,9 @@ class Runner:
                     notify.path if notify else None,
                     prepared,
                     listen_fds,
-                    join=join,
                 )
                 try:
-                    proc = await start_process(spec)
+                    proc = await start_process(spec, join=join)
                 finally:
                     for fd in close_after:
                         os.close(fd)

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
     from .._policy import ServiceInstance
     from .._policy.model import OutputFile
-    from .._process import Process
     from .._spec import StdioMode
     from .prepare import Prepared
 
@@ -32,14 +31,13 @@ def spec_for(
     notify_path: str | None,
     prepared: Prepared,
     listen_fds: Sequence[tuple[str, int]] = (),
-    *,
-    join: Process | None = None,
 ) -> tuple[dict[str, int], ProcessSpec, list[int]]:
     """Build the spec for one start of *instance*, with its *prepared* identity and environment.
 
     *listen_fds* are the service's bound sockets (socket activation), as
-    ``(name, fd)`` pairs; the caller keeps them open.  *join* is the running
-    process whose namespaces it enters (``namespaces_from``).
+    ``(name, fd)`` pairs; the caller keeps them open.  The process whose
+    namespaces a ``namespaces_from`` service enters is passed to the spawn
+    call, not kept in the spec.
 
     Returns:
         ``(read_fds, spec, close_after)``: the read end of the output pipe
@@ -92,7 +90,6 @@ def spec_for(
             capabilities=service.capabilities,
             no_new_privs=service.no_new_privs,
             listen_fds=listen_fds,
-            join=join,
         )
     except BaseException:
         for fd in [*read_fds.values(), *close_after]:
