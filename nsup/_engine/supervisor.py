@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 import trio
 
 from .._errors import NsupError
+from .._policy.preflight import runtime_base
 from .events import Event, EventBus
 from .output import prefix_writer
 from .restart import Input, Intensity, State
@@ -63,10 +64,7 @@ class GaveUpError(NsupError, RuntimeError):
 
 
 def _runtime_dir() -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR") or (
-        "/run" if os.geteuid() == 0 and os.access("/run", os.W_OK) else None
-    )
-    path = tempfile.mkdtemp(prefix="nsup-", dir=base)
+    path = tempfile.mkdtemp(prefix="nsup-", dir=runtime_base())
     os.chmod(path, 0o711)  # noqa: S103 - children of other uids may reach their notify socket, not list it
     return path
 

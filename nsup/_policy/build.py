@@ -8,6 +8,8 @@ in :mod:`nsup._policy_schema`.  Here live the rules that span tables:
   value that came from ``[defaults]`` is reported once, at ``defaults.KEY``.
 * ``hostname`` needs the ``uts`` namespace, ``mounts`` the ``mount`` one, and
   ``uid_map``/``gid_map`` the ``user`` one.
+* a ``log`` probe needs ``stdout`` or ``stderr`` on ``inherit``: nsup sees no
+  other output.
 * ``depends_on`` must name services that exist and must not form a cycle;
   each cycle is reported once, spelled out (``a -> b -> a``).
 * instance names (``web.0``, ``web.1``) must not clash with other services.
@@ -86,6 +88,24 @@ def _check_namespaces_needed(
     return problems
 
 
+def _check_log_probes(service: _Service, typed: Mapping[str, Any]) -> list[Problem]:
+    """A ``log`` probe reads the output nsup relays: it needs stdout or stderr on ``inherit``."""
+    if "inherit" in (typed.get("stdout", "inherit"), typed.get("stderr", "inherit")):
+        return []
+    problems = []
+    for field in ("ready", "health"):
+        probe = typed.get(field)
+        if probe is not None and probe.kind == "log":
+            key = f"{service.key_of(field)}.log"
+            message = (
+                f"{key!r} can never match: stdout and stderr both go to files or 'null', "
+                "so nsup never sees the output; set 'stdout' or 'stderr' to 'inherit', "
+                "or use a 'tcp' or 'exec' probe"
+            )
+            problems.append((key, message))
+    return problems
+
+
 def _check_service(service: _Service, defaults: Mapping[str, Any]) -> list[Problem]:
     key = key_join("services", service.name)
     if not _NAME.fullmatch(service.name):
@@ -103,6 +123,7 @@ def _check_service(service: _Service, defaults: Mapping[str, Any]) -> list[Probl
     service.depends_on = typed.get("depends_on", ())
     service.instances = typed.get("instances", 1)
     problems += _check_namespaces_needed(service, merged, typed)
+    problems += _check_log_probes(service, typed)
     if not problems:
         service.service = Service(**typed)
     return problems
