@@ -36,12 +36,14 @@ from .._engine.output import prefix_writer
 from .._engine.supervisor import Supervisor
 from .._errors import PolicyError
 from .._policy import load_policy
+from .._policy.preflight import preflight
 from .._zygote_client import OWNED, hold_zygotes, zygote_pids
 
 if TYPE_CHECKING:
     import socket
 
     from .._engine.events import Event
+    from .._policy import Policy
 
 __all__ = ["register", "run"]
 
@@ -133,10 +135,16 @@ async def _reload(
         except (PolicyError, OSError) as exc:
             log.line(f"reload of {path} refused; the running policy stays: {exc}")
             raise
+        before = sup.policy.supervisor
         outcome = await sup.reload(policy)
     summary = (
         ", ".join(f"{k}: {', '.join(v)}" for k, v in outcome.items() if v) or "nothing changed"
     )
+    # The control socket and the health endpoint are bound once, at start.
+    kept = [k for k in ("control", "health") if getattr(before, k) != getattr(policy.supervisor, k)]
+    if kept:
+        keys = " and ".join(f"[supervisor] {k}" for k in kept)
+        summary += f"; {keys} changed, which takes effect only when nsup starts"
     log.line(f"reloaded {path} ({summary})")
     return outcome
 
@@ -200,6 +208,15 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
     return 0
 
 
+def _log_preflight(policy: Policy, log: _Logger) -> None:
+    """Say what ``nsup check`` would say about this host; the services start anyway."""
+    found = preflight(policy)
+    for issue in found.errors:
+        log.line(f"error: {issue}")
+    for issue in found.warnings:
+        log.line(f"warning: {issue}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``nsup run``; return the exit code."""
     log = _Logger(args.log_format)
@@ -212,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.line(f"cannot read policy {args.policy}: {exc.strerror}")
         return 2
+    _log_preflight(policy, log)
     control_path = args.control or resolve_control_path(policy.supervisor.control, args.policy)
     try:
         # Before any service starts: never two supervisors on one socket.
