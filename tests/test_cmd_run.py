@@ -167,6 +167,7 @@ async def test_run_warns_as_check_does(nsup_run):
         "service's /proc still shows the host's processes; add 'mount' and nsup mounts a /proc "
         "of its own"
     )
+    assert run.of("log")[1]["message"].startswith(f"running {path}: 1 service, pid ")
 
 
 async def test_invalid_reload_keeps_the_running_policy(nsup_run):

@@ -37,6 +37,7 @@ from .._engine.supervisor import Supervisor
 from .._errors import PolicyError
 from .._policy import load_policy
 from .._policy.preflight import preflight
+from .._words import count
 from .._zygote_client import OWNED, hold_zygotes, zygote_pids
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
             drained = trio.Event()
             nursery.start_soon(_log_events, sup, log, drained)
             log.line(
-                f"running {path}: {len(policy.expanded())} services, pid {os.getpid()}",
+                f"running {path}: {count(len(policy.expanded()), 'service')}, pid {os.getpid()}",
                 pid=os.getpid(),
             )
             server = ControlServer(

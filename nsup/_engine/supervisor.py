@@ -30,6 +30,7 @@ import trio
 
 from .._errors import NsupError
 from .._policy.preflight import runtime_base
+from .._words import count, duration
 from .events import Event, EventBus
 from .output import prefix_writer
 from .restart import Input, Intensity, State
@@ -58,7 +59,8 @@ class GaveUpError(NsupError, RuntimeError):
         """Record which instance tripped the intensity."""
         self.service = service
         super().__init__(
-            f"gave up: {service!r} made more than {max_restarts} restarts within {within:g}s; "
+            f"gave up: {service!r} made more than {count(max_restarts, 'restart')} within "
+            f"{duration(within)}; "
             "fix the service or raise [supervisor] max_restarts / within"
         )
 
@@ -193,7 +195,7 @@ class Supervisor:
                     kind="restarting",
                     service=failed.name,
                     delay=delay,
-                    message=f"with {len(group)} services",
+                    message=f"{count(len(group), 'service')} restart together",
                 )
             )
             await self._stop_group(group)
