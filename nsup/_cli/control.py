@@ -24,7 +24,7 @@ from .._control.client import (
     ControlUnavailableError,
     find_control_path,
 )
-from .._words import event_line
+from .._words import count, event_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -233,7 +233,7 @@ def _signal(args: argparse.Namespace) -> int:
 
     def body(client: ControlClient) -> int:
         reply = client.request("signal", name=args.name, signal=signo)
-        _out(f"sent {reply['signal']} to {reply['sent']} instance(s) of {reply['name']}")
+        _out(f"sent {reply['signal']} to {count(reply['sent'], 'instance')} of {reply['name']}")
         return EXIT_OK
 
     return _call(args, body)
