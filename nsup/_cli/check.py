@@ -41,8 +41,9 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "check",
         help="validate a policy file",
-        description="Validate a policy: a summary line per service and exit 0, "
-        "or every error found and exit 2.",
+        description="Validate a policy and check it against this host, as the user who "
+        "runs nsup: a summary line per service and exit 0 (warnings on stderr), or every "
+        "error found and exit 2.",
     )
     parser.add_argument("policy", metavar="POLICY.toml")
     parser.add_argument(
