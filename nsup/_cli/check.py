@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import PolicyError
 from .._policy import Policy, load_policy
-from .._policy.preflight import preflight
 
 if TYPE_CHECKING:
     import argparse
@@ -129,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         errors: list[Any] = list(exc.errors)
         return _fail(args, [e.to_json() for e in errors], [str(e) for e in errors])
+    from .._policy.preflight import preflight  # noqa: PLC0415 - only once the policy is valid
+
     found = preflight(policy)
     warnings = [w.to_json() for w in found.warnings]
     if not args.json:
