@@ -118,7 +118,7 @@ def test_command_not_on_path(nsup_check):
     assert code == 2
     assert err == (
         f"nsup: {path}:2: 'services.web.command' cannot run: 'no-such-program-here' is not on "
-        "the service's PATH (/usr/bin:/bin)\n"
+        "the PATH (/usr/bin:/bin)\n"
     )
 
 
@@ -131,6 +131,17 @@ def test_command_on_the_services_own_path(nsup_check, tmp_path):
         f'[services.web]\ncommand = ["my-tool"]\nenv = {{ PATH = "{tool.parent}" }}\n'
     )
     assert (code, err) == (0, "")
+
+
+def test_exec_probe_not_on_path(nsup_check):
+    code, _, err, path = nsup_check(
+        '[services.web]\ncommand = ["true"]\nhealth = { exec = ["no-such-probe", "-q"] }\n'
+    )
+    assert code == 2
+    assert err == (
+        f"nsup: {path}:3: 'services.web.health.exec' cannot run: 'no-such-probe' is not on "
+        "the PATH (/usr/bin:/bin)\n"
+    )
 
 
 def test_command_not_executable(nsup_check, tmp_path):
@@ -148,7 +159,7 @@ def test_command_is_looked_up_inside_the_rootfs(nsup_check, rootfs):
     code, _, err, path = nsup_check(f'[services.web]\ncommand = ["sh"]\nrootfs = "{rootfs}"\n')
     assert code == 2
     assert err == (
-        f"nsup: {path}:2: 'services.web.command' cannot run: 'sh' is not on the service's PATH "
+        f"nsup: {path}:2: 'services.web.command' cannot run: 'sh' is not on the PATH "
         f"(/usr/bin:/bin) inside the rootfs {str(rootfs)!r}\n"
     )
     # An absolute symlink inside the rootfs resolves against the rootfs, not the host.

@@ -6,8 +6,8 @@ host instead, and would otherwise show up only as a spawn error or a probe
 that times out with no hint.  :func:`preflight` looks for them, as the user
 who will run nsup (``nsup check`` runs as that user):
 
-* errors (the service cannot work): a ``command`` that is not on the
-  service's ``PATH`` or not executable, a missing ``cwd``, a missing bind
+* errors (the service cannot work): a ``command`` (or an ``exec`` probe)
+  that is not on the service's ``PATH`` or not executable, a missing ``cwd``, a missing bind
   ``source``, a bind or tmpfs ``target`` that is missing where nsup does not
   create mount points (outside a ``rootfs``), a ``notify`` readiness probe
   whose socket the service cannot see (a ``rootfs``, or a mount over the
@@ -196,14 +196,15 @@ def _check_namespaces(find: _Finder, name: str, service: Service, *, privileged:
         )
 
 
-def _command_problem(service: Service) -> str | None:
-    """Return why ``command[0]`` cannot run here, or ``None`` if it can (or nobody can tell)."""
-    name = service.command[0]
+def _command_problem(
+    service: Service, argv: Sequence[str], env: Mapping[str, str], cwd: str | None
+) -> str | None:
+    """Return why ``argv[0]`` cannot run in *service*'s view, or ``None`` if it can (or nobody can tell)."""
+    name = argv[0]
     if "/" in name:
-        base = service.cwd or ("/" if service.rootfs else os.getcwd())
+        base = cwd or ("/" if service.rootfs else os.getcwd())
         candidates = [os.path.join(base, name)]
     else:
-        env = {**os.environ, **service.env}
         search = env.get("PATH", os.defpath)
         candidates = [os.path.join(d, name) for d in search.split(os.pathsep) if d.startswith("/")]
     denied = unknown = False
@@ -221,14 +222,26 @@ def _command_problem(service: Service) -> str | None:
         return f"{name!r} is not executable{_where(service)}"
     if "/" in name:
         return f"{name!r} does not exist{_where(service)}"
-    return f"{name!r} is not on the service's PATH ({search}){_where(service)}"
+    return f"{name!r} is not on the PATH ({search}){_where(service)}"
+
+
+def _check_commands(find: _Finder, name: str, service: Service) -> None:
+    env = {**os.environ, **service.env}
+    commands: list[tuple[str, Sequence[str], Mapping[str, str], str | None]] = [
+        (find.key_of(name, "command"), service.command, env, service.cwd)
+    ]
+    for field in ("ready", "health"):
+        probe = getattr(service, field)
+        if probe is not None and probe.exec is not None:
+            # An exec probe joins the service's namespaces with nsup's own environment.
+            commands.append((f"{find.key_of(name, field)}.exec", probe.exec, os.environ, None))
+    for key, argv, environ, cwd in commands:
+        problem = _command_problem(service, argv, environ, cwd)
+        if problem is not None:
+            find.error(key, f"{key!r} cannot run: {problem}")
 
 
 def _check_paths(find: _Finder, name: str, service: Service) -> None:
-    key = find.key_of(name, "command")
-    problem = _command_problem(service)
-    if problem is not None:
-        find.error(key, f"{key!r} cannot run: {problem}")
     if service.cwd is not None:
         host = host_path(service, service.cwd)
         if host is not None and not os.path.isdir(host):
@@ -287,6 +300,7 @@ def preflight(policy: Policy) -> Preflight:
     privileged = _can_make_namespaces()
     for name, service in policy.services.items():
         _check_namespaces(find, name, service, privileged=privileged)
+        _check_commands(find, name, service)
         _check_paths(find, name, service)
         _check_notify(find, name, service)
     return Preflight(tuple(find.errors), tuple(find.warnings))
