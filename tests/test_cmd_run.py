@@ -142,6 +142,37 @@ async def test_sighup_reload_touches_only_what_changed(nsup_run):
     assert await run.proc.wait() == 0
 
 
+async def test_reload_says_which_supervisor_keys_it_cannot_apply(nsup_run, tmp_path):
+    run, path = await nsup_run(TWO)
+    await run.wait_for("ready", "web")
+    path.write_text(TWO + f'[supervisor]\ncontrol = "{tmp_path}/other.sock"\n')
+    run.proc.send_signal(signal.SIGHUP)
+    with trio.fail_after(20):
+        while not reloaded(run):
+            await run.next_record()
+    assert reloaded(run)[0]["message"] == (
+        f"reloaded {path} (nothing changed; [supervisor] control changed, which takes effect "
+        "only when nsup starts)"
+    )
+    run.proc.send_signal(signal.SIGTERM)
+    await run.drain()
+    assert await run.proc.wait() == 0
+
+
+async def test_run_warns_as_check_does(nsup_run):
+    run, path = await nsup_run(
+        '[services.once]\ncommand = ["true"]\nnamespaces = ["pid"]\nrestart = "never"\n'
+    )
+    await run.drain()
+    assert await run.proc.wait() == 0
+    assert run.of("log")[0]["message"] == (
+        f"warning: {path}:3: 'services.once.namespaces' has 'pid' without 'mount', so the "
+        "service's /proc still shows the host's processes; add 'mount' and nsup mounts a /proc "
+        "of its own"
+    )
+    assert run.of("log")[1]["message"].startswith(f"running {path}: 1 service, pid ")
+
+
 async def test_invalid_reload_keeps_the_running_policy(nsup_run):
     run, path = await nsup_run(TWO)
     await run.wait_for("ready", "web")

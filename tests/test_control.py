@@ -165,7 +165,7 @@ def test_signal(start):
     run = start(SIMPLE)
     pid = run.status()["a"]["pid"]
     result = run.ctl("signal", "a", "usr1")
-    assert (result.returncode, result.stdout) == (0, "sent SIGUSR1 to 1 instance(s) of a\n"), (
+    assert (result.returncode, result.stdout) == (0, "sent SIGUSR1 to 1 instance of a\n"), (
         result.stderr
     )
     wait_state(run, "a", "up")

@@ -11,7 +11,7 @@ from nsup._cli import check as _cmd_check
 
 POLICY = """\
 [services.db]
-command = ["postgres", "-D", "/var/lib/pg"]
+command = ["ls", "-l", "/var/lib/pg"]  # on every PATH: check looks
 namespaces = []
 
 [services.web]
@@ -50,7 +50,7 @@ def test_valid_prints_one_line_per_service(policy_file, capsys):
     assert check(policy_file(POLICY)) == 0
     out, err = capsys.readouterr()
     assert out.splitlines() == [
-        "db: postgres -D /var/lib/pg [restart=on-failure namespaces=none depends_on=none]",
+        "db: ls -l /var/lib/pg [restart=on-failure namespaces=none depends_on=none]",
         (
             "web x2: python3 -m http.server 'my dir' "
             "[restart=always namespaces=ipc,mount,pid,uts depends_on=db]"
@@ -83,7 +83,7 @@ def test_json_valid(policy_file, capsys):
         "services": [
             {
                 "name": "db",
-                "command": ["postgres", "-D", "/var/lib/pg"],
+                "command": ["ls", "-l", "/var/lib/pg"],
                 "restart": "on-failure",
                 "namespaces": [],
                 "depends_on": [],
@@ -98,6 +98,7 @@ def test_json_valid(policy_file, capsys):
                 "instances": 2,
             },
         ],
+        "warnings": [],
     }
 
 
@@ -124,6 +125,7 @@ def test_json_invalid(policy_file, capsys):
                 "message": "'services.web.init' must be true or false (got 1)",
             },
         ],
+        "warnings": [],
     }
 
 
@@ -147,6 +149,23 @@ def test_missing_file(tmp_path, capsys, as_json):
             "valid": False,
             "source": path,
             "errors": [{"source": path, "line": None, "key": "", "message": message}],
+            "warnings": [],
         }
     else:
         assert err == f"nsup: {message}\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ('["echo", "plain"]', "echo plain"),
+        ('["echo", "two words"]', "echo 'two words'"),
+        ('["sh", "-c", "echo \'hi\'; exit 3"]', "sh -c \"echo 'hi'; exit 3\""),
+        ('["sh", "-c", "echo \'hi\' $HOME"]', '["sh", "-c", "echo \'hi\' $HOME"]'),
+    ],
+)
+def test_commands_are_shown_as_a_reader_types_them(policy_file, capsys, command, shown):
+    assert check(policy_file(f"[services.a]\ncommand = {command}\nnamespaces = []\n")) == 0
+    assert capsys.readouterr().out == (
+        f"a: {shown} [restart=on-failure namespaces=none depends_on=none]\n"
+    )

@@ -132,3 +132,44 @@ def test_rootless_supervisor_runs_and_stops(public_path):
         shutil.rmtree(policy)
     assert result.returncode == 0, result.stderr
     assert "once | inside as 0" in result.stdout
+
+
+@pytest.fixture
+def nobody_policy():
+    """Write a policy file that uid 65534 can read; yield the writer."""
+    directory = Path(tempfile.mkdtemp(prefix="nsup-rootless-check-"))
+    directory.chmod(0o755)
+
+    def write(text: str) -> str:
+        path = directory / "policy.toml"
+        path.write_text(text)
+        path.chmod(0o644)
+        return str(path)
+
+    try:
+        yield write
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_rootless_check_predicts_eperm_without_a_user_namespace(public_path, nobody_policy):
+    path = nobody_policy('[services.web]\ncommand = ["true"]\nnamespaces = ["pid", "mount"]\n')
+    result = as_nobody(public_path, "check", path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"nsup: {path}:3: 'services.web.namespaces' makes new namespaces (mount, pid), which "
+        f"needs root or CAP_SYS_ADMIN, and nsup runs as uid {NOBODY} here (clone3 would fail "
+        "with EPERM); add 'user' to the namespaces, or run nsup as root\n"
+    )
+
+
+def test_rootless_check_accepts_a_user_namespace(public_path, nobody_policy):
+    path = nobody_policy(
+        '[services.web]\ncommand = ["true"]\nnamespaces = ["user", "pid", "mount"]\n'
+    )
+    result = as_nobody(public_path, "check", path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert (
+        result.stdout
+        == "web: true [restart=on-failure namespaces=mount,pid,user depends_on=none]\n"
+    )

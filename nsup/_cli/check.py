@@ -5,10 +5,15 @@ A valid policy prints one line per service, in the order written::
     web x2: python3 -m http.server [restart=always namespaces=mount,pid depends_on=db]
 
 and exits 0.  An invalid one prints every problem on stderr, each line
-prefixed ``nsup:``, and exits 2.  ``--json`` prints one JSON object on stdout
-instead, in both cases: ``{"valid": true, "source": ..., "services": [...]}``
-or ``{"valid": false, "source": ..., "errors": [{"source", "line", "key",
-"message"}, ...]}``; the exit code is the same.
+prefixed ``nsup:``, and exits 2.  A valid policy is then checked against this
+host (:mod:`nsup._policy.preflight`): what cannot work here (a command not on
+the ``PATH``, a missing bind source, namespaces that need root, ...) is an
+error too, and what can run but not as meant is a ``nsup: warning:`` line on
+stderr that leaves the exit code 0.  ``--json`` prints one JSON object on
+stdout instead, in every case: ``{"valid": true, "source": ...,
+"services": [...], "warnings": [...]}`` or ``{"valid": false, "source": ...,
+"errors": [{"source", "line", "key", "message"}, ...], "warnings": [...]}``;
+the exit code is the same.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from .._policy.lines import key_lines
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Sequence
 
     from .._policy.model import Service
 
-__all__ = ["register", "run", "summary_line"]
+__all__ = ["register", "run", "show_argv", "summary_line"]
 
 
 def register(subparsers: Any) -> None:
@@ -36,14 +42,41 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "check",
         help="validate a policy file",
-        description="Validate a policy: a summary line per service and exit 0, "
-        "or every error found and exit 2.",
+        description="Validate a policy and check it against this host, as the user who "
+        "runs nsup: a summary line per service and exit 0 (warnings on stderr), or every "
+        "error found and exit 2.",
     )
     parser.add_argument("policy", metavar="POLICY.toml")
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object on stdout, for editors and CI"
     )
     parser.set_defaults(func=run)
+
+
+_SHELL_SPECIAL = frozenset('"$`\\!')
+
+
+def show_argv(argv: Sequence[str]) -> str:
+    """Return *argv* as a reader would type it in a shell.
+
+    Words that need no quoting stay bare; others get single quotes, or
+    double quotes when they hold a single quote.  A word that would need
+    both (or shell escapes inside double quotes) makes the whole command a
+    JSON list instead of ``'"'"'`` noise.
+
+    Example:
+        ``["sh", "-c", "echo 'hi'"]`` reads ``sh -c "echo 'hi'"``.
+
+    """
+    words = []
+    for word in argv:
+        if "'" not in word:
+            words.append(shlex.quote(word))
+        elif _SHELL_SPECIAL.isdisjoint(word):
+            words.append(f'"{word}"')
+        else:
+            return json.dumps(list(argv))
+    return " ".join(words)
 
 
 def summary_line(name: str, service: Service) -> str:
@@ -62,7 +95,7 @@ def summary_line(name: str, service: Service) -> str:
     namespaces = ",".join(sorted(service.namespaces)) or "none"
     depends_on = ",".join(service.depends_on) or "none"
     return (
-        f"{name}{count}: {shlex.join(service.command)} "
+        f"{name}{count}: {show_argv(service.command)} "
         f"[restart={service.restart} namespaces={namespaces} depends_on={depends_on}]"
     )
 
@@ -97,10 +130,17 @@ def run(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         errors: list[Any] = list(exc.errors)
         return _fail(args, [e.to_json() for e in errors], [str(e) for e in errors])
-    host = identity_and_env_issues(policy, _lines(args.policy))
-    if host:
-        return _fail(args, [e.to_json() for e in host], [str(e) for e in host])
-    _print_valid(args, policy)
+    from .._policy.preflight import preflight  # noqa: PLC0415 - only once the policy is valid
+
+    found = preflight(policy)
+    warnings = [w.to_json() for w in found.warnings]
+    if not args.json:
+        for warning in found.warnings:
+            print(f"nsup: warning: {warning}", file=sys.stderr)  # noqa: T201 - the command's output
+    issues = [*found.errors, *identity_and_env_issues(policy, _lines(args.policy))]
+    if issues:
+        return _fail(args, [e.to_json() for e in issues], [str(e) for e in issues], warnings)
+    _print_valid(args, policy, warnings)
     return 0
 
 
@@ -113,18 +153,25 @@ def _lines(path: str) -> dict[str, int]:
         return {}
 
 
-def _print_valid(args: argparse.Namespace, policy: Policy) -> None:
+def _print_valid(args: argparse.Namespace, policy: Policy, warnings: list[Any]) -> None:
     if args.json:
         services = [_service_json(name, s) for name, s in policy.services.items()]
-        print(json.dumps({"valid": True, "source": policy.source, "services": services}))  # noqa: T201 - the command's output
+        record = {"valid": True, "source": policy.source, "services": services}
+        print(json.dumps({**record, "warnings": warnings}))  # noqa: T201 - the command's output
         return
     for name, service in policy.services.items():
         print(summary_line(name, service))  # noqa: T201 - the command's output
 
 
-def _fail(args: argparse.Namespace, errors: list[dict[str, Any]], lines: list[str]) -> int:
+def _fail(
+    args: argparse.Namespace,
+    errors: list[dict[str, Any]],
+    lines: list[str],
+    warnings: list[Any] | None = None,
+) -> int:
     if args.json:
-        print(json.dumps({"valid": False, "source": args.policy, "errors": errors}))  # noqa: T201 - the command's output
+        record = {"valid": False, "source": args.policy, "errors": errors}
+        print(json.dumps({**record, "warnings": warnings or []}))  # noqa: T201 - the command's output
     else:
         for line in lines:
             print(f"nsup: {line}", file=sys.stderr)  # noqa: T201 - the command's output

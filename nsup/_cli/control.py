@@ -24,6 +24,7 @@ from .._control.client import (
     ControlUnavailableError,
     find_control_path,
 )
+from .._words import count, event_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -239,7 +240,7 @@ def _signal(args: argparse.Namespace) -> int:
 
     def body(client: ControlClient) -> int:
         reply = client.request("signal", name=args.name, signal=signo)
-        _out(f"sent {reply['signal']} to {reply['sent']} instance(s) of {reply['name']}")
+        _out(f"sent {reply['signal']} to {count(reply['sent'], 'instance')} of {reply['name']}")
         return EXIT_OK
 
     return _call(args, body)
@@ -271,18 +272,9 @@ def _reopen_logs(args: argparse.Namespace) -> int:
 
 
 def format_event(event: dict[str, Any]) -> str:
-    """Return one line for *event*: ``12:03:04 web: exited (killed by SIGTERM)``."""
+    """Return one line for *event*: ``12:03:04 web: killed by SIGTERM``."""
     stamp = time.strftime("%H:%M:%S", time.localtime(event.get("time", time.time())))
-    parts = [f"{stamp} {event.get('service') or 'nsup'}: {event.get('event')}"]
-    if event.get("event") == "started" and event.get("pid") is not None:
-        parts.append(f"pid {event['pid']}")
-    if event.get("exit_status"):
-        parts.append(f"({event['exit_status']})")
-    if event.get("delay") is not None:
-        parts.append(f"in {event['delay']:.3g}s")
-    if event.get("message"):
-        parts.append(f"- {event['message']}")
-    return " ".join(parts)
+    return f"{stamp} {event_line(event)}"
 
 
 def _events(args: argparse.Namespace) -> int:

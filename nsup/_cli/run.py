@@ -41,7 +41,9 @@ from .._engine.output import FdWriter, PrefixView, escape
 from .._engine.supervisor import Supervisor
 from .._errors import PolicyError
 from .._policy import load_policy
+from .._policy.preflight import preflight
 from .._rundir import remove_stale_runtime_dirs
+from .._words import count
 from .._zygote_client import OWNED, hold_zygotes, zygote_pids
 
 if TYPE_CHECKING:
@@ -195,10 +197,16 @@ async def _reload(sup: Supervisor, path: str, log: _Logger) -> dict[str, list[st
     except (PolicyError, OSError) as exc:
         log.line(f"reload of {path} refused; the running policy stays: {exc}")
         raise
+    before = sup.policy.supervisor
     outcome = await sup.reload(policy)
     summary = (
         ", ".join(f"{k}: {', '.join(v)}" for k, v in outcome.items() if v) or "nothing changed"
     )
+    # The control socket and the health endpoint are bound once, at start.
+    kept = [k for k in ("control", "health") if getattr(before, k) != getattr(policy.supervisor, k)]
+    if kept:
+        keys = " and ".join(f"[supervisor] {k}" for k in kept)
+        summary += f"; {keys} changed, which takes effect only when nsup starts"
     log.line(f"reloaded {path} ({summary})")
     return outcome
 
@@ -231,7 +239,7 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
             # (log.event only queues the line for the bounded stderr writer).
             sup.bus.add_listener(log.event)
             log.line(
-                f"running {path}: {len(policy.expanded())} services, pid {os.getpid()}",
+                f"running {path}: {count(len(policy.expanded()), 'service')}, pid {os.getpid()}",
                 pid=os.getpid(),
             )
             server = ControlServer(
@@ -291,6 +299,15 @@ def _exit_code(sup: Supervisor, log: _Logger, *, stopped: bool) -> int:
     return 0
 
 
+def _log_preflight(policy: Policy, log: _Logger) -> None:
+    """Say what ``nsup check`` would say about this host; the services start anyway."""
+    found = preflight(policy)
+    for issue in found.errors:
+        log.line(f"error: {issue}")
+    for issue in found.warnings:
+        log.line(f"warning: {issue}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``nsup run``; return the exit code."""
     log = _Logger(args.log_format)
@@ -303,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.line(f"cannot read policy {args.policy}: {exc.strerror}")
         return 2
+    _log_preflight(policy, log)
     control_path = args.control or resolve_control_path(policy.supervisor.control, args.policy)
     try:
         # Before any service starts: never two supervisors on one socket.

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import attrs
 import trio
 
+from .._words import event_line
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -75,17 +77,8 @@ class Event:
         return out
 
     def __str__(self) -> str:
-        """One line for a log: ``web: exited (killed by SIGTERM)``."""
-        parts = [f"{self.service or 'nsup'}: {self.kind}"]
-        if self.pid is not None and self.kind == "started":
-            parts.append(f"pid {self.pid}")
-        if self.status is not None:
-            parts.append(f"({self.status})")
-        if self.delay is not None:
-            parts.append(f"in {self.delay:.3g}s")
-        if self.message:
-            parts.append(f"- {self.message}")
-        return " ".join(parts)
+        """One line for a log: ``web: exited with code 3``, ``web: killed by SIGTERM``."""
+        return event_line(self.to_dict())
 
 
 class Subscription:

@@ -52,6 +52,7 @@ import trio
 
 from .._errors import NsupError
 from .._rundir import make_runtime_dir
+from .._words import count, duration
 from . import conditions
 from .events import Event, EventBus, Subscription
 from .output import Line, PrefixView, output_sink
@@ -82,7 +83,8 @@ class GaveUpError(NsupError, RuntimeError):
         """Record which instance tripped the intensity."""
         self.service = service
         super().__init__(
-            f"gave up: {service!r} made more than {max_restarts} restarts within {within:g}s; "
+            f"gave up: {service!r} made more than {count(max_restarts, 'restart')} within "
+            f"{duration(within)}; "
             "fix the service or raise [supervisor] max_restarts / within"
         )
 
@@ -311,7 +313,7 @@ class Supervisor:
                     kind="restarting",
                     service=failed.name,
                     delay=delay,
-                    message=f"with {len(group)} services",
+                    message=f"{count(len(group), 'service')} restart together",
                 )
             )
             await self._stop_group(group)

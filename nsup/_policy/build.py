@@ -16,6 +16,8 @@ in :mod:`nsup._policy_schema`.  Here live the rules that span tables:
   (``a -> b -> a``).
 * a oneshot has no ``ready`` or ``health`` probe and never ``restart = "always"``.
 * no two sockets listen on the same address.
+* a ``log`` probe needs ``stdout`` or ``stderr`` to go through nsup (anything
+  but ``null``): nsup sees no other output.
 * instance names (``web.0``, ``web.1``) must not clash with other services.
 
 Nothing stops at the first problem: every one found becomes a
@@ -154,6 +156,25 @@ def _check_oneshot(service: _Service, typed: Mapping[str, Any]) -> list[Problem]
     return problems
 
 
+def _check_log_probes(service: _Service, typed: Mapping[str, Any]) -> list[Problem]:
+    """A ``log`` probe reads the lines nsup relays: every target but ``null`` goes through nsup."""
+    if (typed.get("stdout", "inherit"), typed.get("stderr", "inherit")) != ("null", "null"):
+        return []
+    problems = []
+    for field in ("ready", "health"):
+        probe = typed.get(field)
+        if probe is not None and probe.kind == "log":
+            key = f"{service.key_of(field)}.log"
+            message = (
+                f"{key!r} can never match: stdout and stderr both go to 'null', "
+                "so nsup never sees the output; send one of them anywhere else "
+                "(the terminal, a file, the journal or syslog: nsup reads every line on its "
+                "way there), or use a 'tcp' or 'exec' probe"
+            )
+            problems.append((key, message))
+    return problems
+
+
 def _check_service(service: _Service, defaults: Mapping[str, Any]) -> list[Problem]:
     key = key_join("services", service.name)
     if not _NAME.fullmatch(service.name):
@@ -181,6 +202,7 @@ def _check_service(service: _Service, defaults: Mapping[str, Any]) -> list[Probl
     problems += _check_oneshot(service, typed)
     if service.namespaces_from is not None:
         typed["namespaces"] = frozenset()  # it enters the owner's namespaces, creating none
+    problems += _check_log_probes(service, typed)
     if not problems:
         service.service = Service(**typed)
     return problems
