@@ -26,6 +26,7 @@ from .._clone.namespaces import DEFAULT_NAMESPACES
 from .._errors import PolicyError
 from .lines import line_of
 from .model import PolicyIssue, Service, SupervisorConfig
+from . import expand
 from .schema import SERVICE_FIELDS, SUPERVISOR_FIELDS, TOP_LEVEL_KEYS
 from .validate import Invalid, Problem, check_table, did_you_mean, key_join, show
 
@@ -222,7 +223,13 @@ def build(
         problems: list[Problem] = [("", f"a policy must be a table (got {show(document)})")]
         supervisor, services = None, dict[str, _Service]()
     else:
+        expanded: list[Problem] = []
+        if expand.enabled(document):
+            document, expanded = expand.expand_document(document)
         supervisor, services, problems = _check_document(document)
+        # A value that could not be expanded is reported once, not again by its validator.
+        unexpanded = {key for key, _ in expanded}
+        problems = expanded + [p for p in problems if p[0] not in unexpanded]
     if problems or supervisor is None:
         found = dict(lines or {})
         issues: dict[PolicyIssue, None] = dict.fromkeys(

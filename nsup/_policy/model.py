@@ -80,6 +80,8 @@ class SupervisorConfig:
         within: ... within this many seconds make nsup give up (exit 1).
         control: the control socket path, or ``None`` for the default.
         health: ``(host, port)`` for the HTTP health endpoint, or ``None``.
+        expand_env: ``${VAR}``, ``${VAR:-default}`` and ``$$`` in string values
+            were expanded from nsup's environment.
 
     """
 
@@ -88,6 +90,7 @@ class SupervisorConfig:
     within: float = 60.0
     control: str | None = None
     health: tuple[str, int] | None = None
+    expand_env: bool = False
 
 
 @attrs.frozen

@@ -142,6 +142,7 @@ SUPERVISOR_FIELDS: Mapping[str, Validator] = {
     "within": duration(),
     "control": string(max_length=_SOCKET_PATH_MAX),
     "health": host_port(),
+    "expand_env": boolean(),
 }
 
 
