@@ -31,6 +31,7 @@ import trio
 from .._clone import syscalls as _sys
 from .._control.client import resolve_control_path
 from .._control.http import HealthServer, open_health_socket
+from .._control.sd_notify import ParentNotifier
 from .._control.server import BoundSocket, ControlServer, bind_control_socket
 from .._engine.output import prefix_writer
 from .._engine.supervisor import Supervisor
@@ -119,7 +120,7 @@ async def _log_events(sup: Supervisor, log: _Logger, drained: trio.Event) -> Non
 
 
 async def _reload(
-    sup: Supervisor, path: str, log: _Logger, lock: trio.Lock
+    sup: Supervisor, path: str, log: _Logger, lock: trio.Lock, parent: ParentNotifier
 ) -> dict[str, list[str]]:
     """Re-read *path* and apply it; SIGHUP and the control socket's ``reload`` both come here.
 
@@ -128,12 +129,16 @@ async def _reload(
 
     """
     async with lock:  # one reload at a time, whoever asked
+        parent.reloading()
         try:
-            policy = load_policy(path)
-        except (PolicyError, OSError) as exc:
-            log.line(f"reload of {path} refused; the running policy stays: {exc}")
-            raise
-        outcome = await sup.reload(policy)
+            try:
+                policy = load_policy(path)
+            except (PolicyError, OSError) as exc:
+                log.line(f"reload of {path} refused; the running policy stays: {exc}")
+                raise
+            outcome = await sup.reload(policy)
+        finally:
+            parent.reloaded()
     summary = (
         ", ".join(f"{k}: {', '.join(v)}" for k, v in outcome.items() if v) or "nothing changed"
     )
@@ -141,12 +146,20 @@ async def _reload(
     return outcome
 
 
-async def _reload_on_hup(sup: Supervisor, path: str, log: _Logger, lock: trio.Lock) -> None:
+async def _reload_on_hup(
+    sup: Supervisor, path: str, log: _Logger, lock: trio.Lock, parent: ParentNotifier
+) -> None:
     with contextlib.suppress(PolicyError, OSError):  # already reported
-        await _reload(sup, path, log, lock)
+        await _reload(sup, path, log, lock, parent)
 
 
-async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.socket | None) -> int:
+async def _main(
+    path: str,
+    log: _Logger,
+    control: BoundSocket,
+    health: socket.socket | None,
+    parent: ParentNotifier,
+) -> int:
     policy = load_policy(path)
     reload_lock = trio.Lock()
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -161,7 +174,7 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
             )
             server = ControlServer(
                 sup,
-                reload=lambda: _reload(sup, path, log, reload_lock),
+                reload=lambda: _reload(sup, path, log, reload_lock, parent),
                 policy_path=path,
                 log=log.line,
             )
@@ -173,21 +186,24 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
                     HealthServer(sup, lambda: server.stopping, log.line).serve, health
                 )
                 log.line(f"health endpoint http://{host}:{port}/ (/healthz, /readyz, /metrics)")
-            nursery.start_soon(sup.start_all)
+            nursery.start_soon(parent.serve, sup, lambda: server.stopping)  # start_all, READY=1
 
             async def handle_signals() -> None:
                 async for signo in receiver:
                     if signo == signal.SIGCHLD:
                         await _reap_orphans_when_safe()
                     elif signo == signal.SIGHUP:
-                        nursery.start_soon(_reload_on_hup, sup, path, log, reload_lock)
+                        nursery.start_soon(_reload_on_hup, sup, path, log, reload_lock, parent)
                     else:
                         log.line(f"{signal.Signals(signo).name}: stopping every service")
                         server.stopping = True
+                        parent.stopping()
                         await sup.stop_all()
 
             nursery.start_soon(handle_signals)
             await sup.done.wait()
+            server.stopping = True  # /readyz is 503 from here on, whatever the cause
+            parent.stopping(str(sup.gave_up) if sup.gave_up else "every service has ended")
             with trio.CancelScope(shield=True):
                 await sup.stop_all()  # after a give-up: make sure everything is down
                 with trio.move_on_after(5):
@@ -203,6 +219,7 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
 def run(args: argparse.Namespace) -> int:
     """Run ``nsup run``; return the exit code."""
     log = _Logger(args.log_format)
+    parent = ParentNotifier.from_environ(log=log.line)  # services never see NOTIFY_SOCKET
     try:
         policy = load_policy(args.policy)
     except PolicyError as exc:
@@ -232,8 +249,9 @@ def run(args: argparse.Namespace) -> int:
     if os.getpid() != 1:
         _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1)
     try:
-        return trio.run(_main, args.policy, log, control, health)
+        return trio.run(_main, args.policy, log, control, health, parent)
     finally:
+        parent.close()
         control.close()
         if health is not None:
             health.close()

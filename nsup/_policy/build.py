@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from .._clone.namespaces import DEFAULT_NAMESPACES
 from .._errors import PolicyError
+from . import expand
 from .lines import line_of
 from .model import PolicyIssue, Service, SupervisorConfig
-from . import expand
 from .schema import SERVICE_FIELDS, SUPERVISOR_FIELDS, TOP_LEVEL_KEYS
 from .validate import Invalid, Problem, check_table, did_you_mean, key_join, show
 

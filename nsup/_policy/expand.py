@@ -36,47 +36,34 @@ def enabled(document: Mapping[str, Any]) -> bool:
     return isinstance(supervisor, dict) and supervisor.get("expand_env") is True
 
 
-def _expand_string(
-    key: str, text: str, environ: Mapping[str, str], problems: list[Problem]
-) -> str:
+def _expand_string(key: str, text: str, environ: Mapping[str, str], problems: list[Problem]) -> str:
     def replace(match: re.Match[str]) -> str:
-        token = match[0]
-        if token == "$$":
+        if match[0] == "$$":
             return "$"
         body = match["body"]
+        parsed = None if body is None else _BODY.fullmatch(body)
         if body is None:
-            problems.append(
-                (
-                    key,
-                    f"{key!r} has a '$' that starts no ${{VAR}} (at character "
-                    f"{match.start() + 1}); write '$$' for a literal '$'",
-                )
+            message = (
+                f"{key!r} has a '$' that starts no ${{VAR}} (at character {match.start() + 1}); "
+                "write '$$' for a literal '$'"
             )
-            return token
-        parsed = _BODY.fullmatch(body)
-        if parsed is None:
-            problems.append(
-                (
-                    key,
-                    f"{key!r} has {token!r}, which is neither ${{NAME}} nor ${{NAME:-default}} "
-                    "(a name is letters, digits and '_', not starting with a digit)",
-                )
+        elif parsed is None:
+            message = (
+                f"{key!r} has {match[0]!r}, which is neither ${{NAME}} nor ${{NAME:-default}} "
+                "(a name is letters, digits and '_', not starting with a digit)"
             )
-            return token
-        name, default = parsed["name"], parsed["default"]
-        value = environ.get(name)
-        if default is not None:
-            return value or default
-        if value is None:
-            problems.append(
-                (
-                    key,
-                    f"{key!r} uses ${{{name}}}, which is not set in nsup's environment; "
-                    f"set {name} or give a default: ${{{name}:-value}}",
-                )
+        elif parsed["default"] is not None:
+            return environ.get(parsed["name"]) or parsed["default"]
+        elif parsed["name"] in environ:
+            return environ[parsed["name"]]
+        else:
+            name = parsed["name"]
+            message = (
+                f"{key!r} uses ${{{name}}}, which is not set in nsup's environment; "
+                f"set {name} or give a default: ${{{name}:-value}}"
             )
-            return token
-        return value
+        problems.append((key, message))
+        return match[0]
 
     return _TOKEN.sub(replace, text)
 
