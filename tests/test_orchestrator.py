@@ -344,6 +344,68 @@ ready = {{ notify = true, timeout = "60s" }}
     assert span / period * 0.25 <= len(pings) - 1 <= span / period * 1.5 + 2
 
 
+async def start_nsup(tmp_path, policy_text: str, **env: str) -> trio.Process:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text)
+    return await trio.lowlevel.open_process(
+        [*NSUP, "run", str(policy), "--log-format", "json", "--control", str(tmp_path / "c.sock")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env},
+    )
+
+
+@pytest.mark.parametrize("signo", [signal.SIGINT, signal.SIGQUIT])
+async def test_sigint_and_sigquit_stop_gracefully(tmp_path, signo):
+    proc = await start_nsup(
+        tmp_path,
+        '[services.a]\ncommand = ["sh", "-c", "echo up; exec sleep 1000"]\nready = { log = "up" }\n',
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            lines = Lines(proc)
+            nursery.start_soon(lines.pump)
+            await lines.wait_for("ready", "a")
+            proc.send_signal(signo)
+            with trio.fail_after(30):
+                assert await proc.wait() == 0
+            await lines.wait_for("exited", "a")
+            nursery.cancel_scope.cancel()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert lines.of_message(f"{signal.Signals(signo).name}: stopping every service")
+
+
+async def test_give_up_says_stopping_and_exits_1(tmp_path):
+    parent = Parent(tmp_path / "notify")
+    await parent.sock.bind(str(parent.path))
+    proc = await start_nsup(
+        tmp_path,
+        '[supervisor]\nmax_restarts = 1\n\n[services.crash]\ncommand = ["false"]\n'
+        'backoff = { initial = 0 }\nready = { log = "never printed" }\n',
+        NOTIFY_SOCKET=str(parent.path),
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(parent.pump)
+            with trio.fail_after(30):
+                assert await proc.wait() == 1
+            await parent.wait_for(lambda p: "STOPPING=1" in p.fields())
+            nursery.cancel_scope.cancel()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        parent.sock.close()
+    fields = parent.fields()
+    assert "READY=1" not in fields  # it never got to ready
+    status = fields[fields.index("STOPPING=1") + 1]
+    assert status.startswith("STATUS=")
+    assert "crash" in status
+
+
 def test_notify_variables_are_taken_out_of_the_environment():
     environ = {
         "NOTIFY_SOCKET": "@abstract",

@@ -1,6 +1,6 @@
 """``nsup run POLICY.toml``: supervise a policy in the foreground.
 
-Signals: SIGTERM and SIGINT stop every service gracefully (dependents first)
+Signals: SIGTERM, SIGINT and SIGQUIT stop every service gracefully (dependents first)
 and exit 0; SIGHUP re-reads the policy and applies only what changed (an
 invalid new policy is reported and the old one keeps running).  nsup makes
 itself a child subreaper (as PID 1 of a container it is one already) and
@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
         "run",
         help="supervise a policy in the foreground",
         description="Start the services of POLICY.toml and keep them running by its rules.",
-        epilog="signals: TERM/INT stop gracefully and exit 0; HUP reloads the policy.\n"
+        epilog="signals: TERM/INT/QUIT stop gracefully and exit 0; HUP reloads the policy.\n"
         "exit status: 0 clean stop, 1 gave up (restart intensity exceeded), 2 invalid policy.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -162,7 +162,8 @@ async def _main(
 ) -> int:
     policy = load_policy(path)
     reload_lock = trio.Lock()
-    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+    # SIGQUIT too: as PID 1 of a container, a signal nsup has no handler for is dropped.
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
     with trio.open_signal_receiver(*signals) as receiver:
         async with trio.open_nursery() as nursery:
             sup = Supervisor(policy, nursery, prefix_writer())
