@@ -259,7 +259,10 @@ class Parent:
 
     async def pump(self) -> None:
         while True:
-            data = await self.sock.recv(4096)
+            try:
+                data = await self.sock.recv(4096)
+            except trio.ClosedResourceError:
+                return  # the fixture closed the socket at the end of the test
             self.messages.append((time.monotonic(), data.decode().split("\n")))
             self.changed.set()
             self.changed = trio.Event()
@@ -276,12 +279,54 @@ class Parent:
                 await self.changed.wait()
 
 
-async def test_notify_socket_of_the_parent(tmp_path):
-    parent = Parent(tmp_path / "notify")
-    await parent.sock.bind(str(parent.path))
+@pytest.fixture
+async def parent(tmp_path, nursery):
+    """A fake ``NOTIFY_SOCKET`` of the test, read by a task."""
+    result = Parent(tmp_path / "notify")
+    await result.sock.bind(str(result.path))
+    nursery.start_soon(result.pump)
+    yield result
+    result.sock.close()
+
+
+@pytest.fixture
+async def nsup_run(tmp_path, nursery):
+    """Start ``nsup run --log-format json`` on a policy text; its event lines are read by a task."""
+    started: list[Lines] = []
+
+    async def start(policy_text: str, **env: str) -> Lines:
+        policy = tmp_path / "policy.toml"
+        policy.write_text(policy_text)
+        proc = await trio.lowlevel.open_process(
+            [
+                *NSUP,
+                "run",
+                str(policy),
+                "--log-format",
+                "json",
+                "--control",
+                str(tmp_path / "c.sock"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **env},
+        )
+        lines = Lines(proc)
+        started.append(lines)
+        nursery.start_soon(lines.pump)
+        return lines
+
+    yield start
+    for lines in started:
+        if lines.proc.returncode is None:
+            lines.proc.kill()
+        await lines.proc.wait()
+
+
+async def test_notify_socket_of_the_parent(tmp_path, parent, nsup_run):
     seen_a, seen_b, go = tmp_path / "a.env", tmp_path / "b.env", tmp_path / "go"
-    policy = tmp_path / "policy.toml"
-    policy.write_text(f"""
+    lines = await nsup_run(
+        f"""
 [services.a]
 command = ["sh", "-c", "printf '%s|%s' \\"$NOTIFY_SOCKET\\" \\"$WATCHDOG_USEC\\" > {seen_a}; echo up; exec sleep 1000"]
 ready = {{ log = "up" }}
@@ -289,52 +334,38 @@ ready = {{ log = "up" }}
 [services.b]
 command = ["{PYTHON}", "-c", {json.dumps(NOTIFY_SERVICE)}, "{seen_b}", "{go}"]
 ready = {{ notify = true, timeout = "60s" }}
-""")
-    env = {**os.environ, "NOTIFY_SOCKET": str(parent.path), "WATCHDOG_USEC": str(WATCHDOG_USEC)}
-    proc = await trio.lowlevel.open_process(
-        [*NSUP, "run", str(policy), "--log-format", "json", "--control", str(tmp_path / "c.sock")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
+""",
+        NOTIFY_SOCKET=str(parent.path),
+        WATCHDOG_USEC=str(WATCHDOG_USEC),
     )
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(parent.pump)
-            lines = Lines(proc)
-            nursery.start_soon(lines.pump)
-            await lines.wait_for("ready", "a")
-            # a is ready, b waits for `go`: nsup keeps pinging, and is not READY yet.
-            await parent.wait_for(lambda p: p.fields().count("WATCHDOG=1") >= 3)
-            await parent.wait_for(lambda p: seen_b.exists() and seen_b.read_text())
-            assert "READY=1" not in parent.fields()
-            go.touch()
-            await parent.wait_for(lambda p: "READY=1" in p.fields())
-            await lines.wait_for("ready", "b")
-            status = [f for f in parent.non_watchdog() if f.startswith("STATUS=")]
-            assert "STATUS=2 services: 2 ready" in status
+    proc = lines.proc
+    await lines.wait_for("ready", "a")
+    # a is ready, b waits for `go`: nsup keeps pinging, and is not READY yet.
+    await parent.wait_for(lambda p: p.fields().count("WATCHDOG=1") >= 3)
+    await parent.wait_for(lambda p: seen_b.exists() and seen_b.read_text())
+    assert "READY=1" not in parent.fields()
+    go.touch()
+    await parent.wait_for(lambda p: "READY=1" in p.fields())
+    await lines.wait_for("ready", "b")
+    status = [f for f in parent.non_watchdog() if f.startswith("STATUS=")]
+    assert "STATUS=2 services: 2 ready" in status
 
-            # No service sees nsup's NOTIFY_SOCKET or WATCHDOG_USEC; b has its own socket.
-            assert seen_a.read_text() == "|"
-            assert seen_b.read_text() not in ("", str(parent.path))
+    # No service sees nsup's NOTIFY_SOCKET or WATCHDOG_USEC; b has its own socket.
+    assert seen_a.read_text() == "|"
+    assert seen_b.read_text() not in ("", str(parent.path))
 
-            proc.send_signal(signal.SIGHUP)
-            await parent.wait_for(lambda p: p.non_watchdog().count("READY=1") == 2)
-            fields = parent.non_watchdog()
-            first_ready, reloading = fields.index("READY=1"), fields.index("RELOADING=1")
-            assert first_ready < reloading
-            assert fields[reloading + 1].startswith("MONOTONIC_USEC=")
-            assert "READY=1" in fields[reloading + 2 :]
+    proc.send_signal(signal.SIGHUP)
+    await parent.wait_for(lambda p: p.non_watchdog().count("READY=1") == 2)
+    fields = parent.non_watchdog()
+    first_ready, reloading = fields.index("READY=1"), fields.index("RELOADING=1")
+    assert first_ready < reloading
+    assert fields[reloading + 1].startswith("MONOTONIC_USEC=")
+    assert "READY=1" in fields[reloading + 2 :]
 
-            proc.send_signal(signal.SIGTERM)
-            with trio.fail_after(30):
-                assert await proc.wait() == 0
-            await parent.wait_for(lambda p: "STOPPING=1" in p.fields())
-            nursery.cancel_scope.cancel()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        parent.sock.close()
+    proc.send_signal(signal.SIGTERM)
+    with trio.fail_after(30):
+        assert await proc.wait() == 0
+    await parent.wait_for(lambda p: "STOPPING=1" in p.fields())
     fields = parent.non_watchdog()
     assert fields.index("STOPPING=1") > fields.index("READY=1")
     # Watchdog pings every WATCHDOG_USEC/2 (0.1 s): count them against the time they span.
@@ -344,61 +375,28 @@ ready = {{ notify = true, timeout = "60s" }}
     assert span / period * 0.25 <= len(pings) - 1 <= span / period * 1.5 + 2
 
 
-async def start_nsup(tmp_path, policy_text: str, **env: str) -> trio.Process:
-    policy = tmp_path / "policy.toml"
-    policy.write_text(policy_text)
-    return await trio.lowlevel.open_process(
-        [*NSUP, "run", str(policy), "--log-format", "json", "--control", str(tmp_path / "c.sock")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **env},
-    )
-
-
 @pytest.mark.parametrize("signo", [signal.SIGINT, signal.SIGQUIT])
-async def test_sigint_and_sigquit_stop_gracefully(tmp_path, signo):
-    proc = await start_nsup(
-        tmp_path,
-        '[services.a]\ncommand = ["sh", "-c", "echo up; exec sleep 1000"]\nready = { log = "up" }\n',
+async def test_sigint_and_sigquit_stop_gracefully(nsup_run, signo):
+    lines = await nsup_run(
+        '[services.a]\ncommand = ["sh", "-c", "echo up; exec sleep 1000"]\nready = { log = "up" }\n'
     )
-    try:
-        async with trio.open_nursery() as nursery:
-            lines = Lines(proc)
-            nursery.start_soon(lines.pump)
-            await lines.wait_for("ready", "a")
-            proc.send_signal(signo)
-            with trio.fail_after(30):
-                assert await proc.wait() == 0
-            await lines.wait_for("exited", "a")
-            nursery.cancel_scope.cancel()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    await lines.wait_for("ready", "a")
+    lines.proc.send_signal(signo)
+    with trio.fail_after(30):
+        assert await lines.proc.wait() == 0
+    await lines.wait_for("exited", "a")
     assert lines.of_message(f"{signal.Signals(signo).name}: stopping every service")
 
 
-async def test_give_up_says_stopping_and_exits_1(tmp_path):
-    parent = Parent(tmp_path / "notify")
-    await parent.sock.bind(str(parent.path))
-    proc = await start_nsup(
-        tmp_path,
+async def test_give_up_says_stopping_and_exits_1(parent, nsup_run):
+    lines = await nsup_run(
         '[supervisor]\nmax_restarts = 1\n\n[services.crash]\ncommand = ["false"]\n'
         'backoff = { initial = 0 }\nready = { log = "never printed" }\n',
         NOTIFY_SOCKET=str(parent.path),
     )
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(parent.pump)
-            with trio.fail_after(30):
-                assert await proc.wait() == 1
-            await parent.wait_for(lambda p: "STOPPING=1" in p.fields())
-            nursery.cancel_scope.cancel()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        parent.sock.close()
+    with trio.fail_after(30):
+        assert await lines.proc.wait() == 1
+    await parent.wait_for(lambda p: "STOPPING=1" in p.fields())
     fields = parent.fields()
     assert "READY=1" not in fields  # it never got to ready
     status = fields[fields.index("STOPPING=1") + 1]
