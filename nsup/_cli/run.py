@@ -1,6 +1,6 @@
 """``nsup run POLICY.toml``: supervise a policy in the foreground.
 
-Signals: SIGTERM and SIGINT stop every service gracefully (dependents first)
+Signals: SIGTERM, SIGINT and SIGQUIT stop every service gracefully (dependents first)
 and exit 0; SIGHUP re-reads the policy and applies only what changed (an
 invalid new policy is reported and the old one keeps running).  nsup makes
 itself a child subreaper (as PID 1 of a container it is one already) and
@@ -36,6 +36,7 @@ from .._cgroup import remove_stale_trees
 from .._clone import syscalls as _sys
 from .._control.client import resolve_control_path
 from .._control.http import HealthServer, open_health_socket
+from .._control.sd_notify import ParentNotifier
 from .._control.server import BoundSocket, ControlServer, bind_control_socket
 from .._engine.output import FdWriter, PrefixView, escape
 from .._engine.supervisor import Supervisor
@@ -64,7 +65,7 @@ def register(subparsers: Any) -> None:
         "run",
         help="supervise a policy in the foreground",
         description="Start the services of POLICY.toml and keep them running by its rules.",
-        epilog="signals: TERM/INT stop gracefully and exit 0; HUP reloads the policy; "
+        epilog="signals: TERM/INT/QUIT stop gracefully and exit 0; HUP reloads the policy; "
         "USR1 reopens the log files.\n"
         "exit status: 0 clean stop, 1 gave up (restart intensity exceeded) or every service\n"
         "ended and some failed, 2 invalid policy, 70 internal error (every service stopped).",
@@ -183,7 +184,9 @@ def _load_for_reload(path: str) -> Policy:
         raise PolicyError([issue]) from exc
 
 
-async def _reload(sup: Supervisor, path: str, log: _Logger) -> dict[str, list[str]]:
+async def _reload(
+    sup: Supervisor, path: str, log: _Logger, parent: ParentNotifier
+) -> dict[str, list[str]]:
     """Re-read *path* and apply it; SIGHUP and the control socket's ``reload`` both come here.
 
     ``Supervisor.reload`` applies one reload at a time, whoever asked.
@@ -192,13 +195,17 @@ async def _reload(sup: Supervisor, path: str, log: _Logger) -> dict[str, list[st
         PolicyError, OSError: the new policy is invalid or unreadable; the old one stays.
 
     """
+    parent.reloading()
     try:
-        policy = _load_for_reload(path)
-    except (PolicyError, OSError) as exc:
-        log.line(f"reload of {path} refused; the running policy stays: {exc}")
-        raise
-    before = sup.policy.supervisor
-    outcome = await sup.reload(policy)
+        try:
+            policy = _load_for_reload(path)
+        except (PolicyError, OSError) as exc:
+            log.line(f"reload of {path} refused; the running policy stays: {exc}")
+            raise
+        before = sup.policy.supervisor
+        outcome = await sup.reload(policy)
+    finally:
+        parent.reloaded()
     summary = (
         ", ".join(f"{k}: {', '.join(v)}" for k, v in outcome.items() if v) or "nothing changed"
     )
@@ -211,9 +218,9 @@ async def _reload(sup: Supervisor, path: str, log: _Logger) -> dict[str, list[st
     return outcome
 
 
-async def _reload_on_hup(sup: Supervisor, path: str, log: _Logger) -> None:
+async def _reload_on_hup(sup: Supervisor, path: str, log: _Logger, parent: ParentNotifier) -> None:
     with contextlib.suppress(PolicyError, OSError):  # already reported
-        await _reload(sup, path, log)
+        await _reload(sup, path, log, parent)
 
 
 def _reopen_logs(sup: Supervisor, log: _Logger) -> None:
@@ -224,9 +231,23 @@ def _reopen_logs(sup: Supervisor, log: _Logger) -> None:
     log.line(f"reopened {len(sup.routes.files.files)} log files")
 
 
-async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.socket | None) -> int:
+async def _main(
+    path: str,
+    log: _Logger,
+    control: BoundSocket,
+    health: socket.socket | None,
+    parent: ParentNotifier,
+) -> int:
     policy = load_policy(path)
-    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
+    # SIGQUIT too: as PID 1 of a container, a signal nsup has no handler for is dropped.
+    signals = (
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGHUP,
+        signal.SIGCHLD,
+        signal.SIGUSR1,
+    )
     with trio.open_signal_receiver(*signals) as receiver:
         async with trio.open_nursery() as nursery:
             await nursery.start(log.serve)
@@ -244,7 +265,7 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
             )
             server = ControlServer(
                 sup,
-                reload=lambda: _reload(sup, path, log),
+                reload=lambda: _reload(sup, path, log, parent),
                 policy_path=path,
                 log=log.line,
             )
@@ -256,23 +277,26 @@ async def _main(path: str, log: _Logger, control: BoundSocket, health: socket.so
                     HealthServer(sup, lambda: server.stopping, log.line).serve, health
                 )
                 log.line(f"health endpoint http://{host}:{port}/ (/healthz, /readyz, /metrics)")
-            nursery.start_soon(sup.start_all)
+            nursery.start_soon(parent.serve, sup, lambda: server.stopping)  # start_all, READY=1
 
             async def handle_signals() -> None:
                 async for signo in receiver:
                     if signo == signal.SIGCHLD:
                         await _reap_orphans_when_safe()
                     elif signo == signal.SIGHUP:
-                        nursery.start_soon(_reload_on_hup, sup, path, log)
+                        nursery.start_soon(_reload_on_hup, sup, path, log, parent)
                     elif signo == signal.SIGUSR1:
                         _reopen_logs(sup, log)
                     elif not server.stopping:
                         log.line(f"{signal.Signals(signo).name}: stopping every service")
                         server.stopping = True
+                        parent.stopping()
                         nursery.start_soon(sup.stop_all)
 
             nursery.start_soon(handle_signals)
             await sup.done.wait()
+            server.stopping = True  # /readyz is 503 from here on, whatever the cause
+            parent.stopping(str(sup.gave_up) if sup.gave_up else "every service has ended")
             with trio.CancelScope(shield=True):
                 await sup.stop_all()  # after a give-up: make sure everything is down
                 with trio.move_on_after(OUTPUT_FLUSH):
@@ -311,6 +335,7 @@ def _log_preflight(policy: Policy, log: _Logger) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``nsup run``; return the exit code."""
     log = _Logger(args.log_format)
+    parent = ParentNotifier.from_environ(log=log.line)  # services never see NOTIFY_SOCKET
     try:
         policy = load_policy(args.policy)
     except PolicyError as exc:
@@ -342,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
     if os.getpid() != 1:
         _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1)
     try:
-        return trio.run(_main, args.policy, log, control, health)
+        return trio.run(_main, args.policy, log, control, health, parent)
     except Exception as exc:  # noqa: BLE001 - the failure model: any internal error ends nsup cleanly
         # Every service was stopped on the way out (each runner stops its own process).
         traceback.print_exception(exc, file=sys.stderr)
@@ -352,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERNAL_ERROR
     finally:
+        parent.close()
         control.close()
         if health is not None:
             health.close()

@@ -284,10 +284,12 @@ class HealthServer:
         if method not in (b"GET", b"HEAD"):
             return 405, [*text, "Allow: GET, HEAD"], b"only GET and HEAD\n", False
         head_only = method == b"HEAD"
+        # From the moment a stop begins (a signal, a give-up, the last service ending).
+        stopping = self._stopping() or self.sup.gave_up is not None or self.sup.done.is_set()
         if target == "/healthz":
-            return 200, text, b"stopping\n" if self._stopping() else b"ok\n", head_only
+            return 200, text, b"stopping\n" if stopping else b"ok\n", head_only
         if target == "/readyz":
-            if self._stopping():
+            if stopping:
                 return 503, text, b"not ready: nsup is stopping\n", head_only
             waiting = not_ready(self.sup)
             if waiting:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .._errors import PolicyError
+from . import expand
 from .bounds import MAX_POLICY_BYTES, check_text_depth
 from .build import build, instance_names
 from .lines import key_lines
@@ -146,10 +147,12 @@ class Policy:
         supervisor = _strip_none(attrs.asdict(self.supervisor))
         if self.supervisor.health is not None:
             supervisor["health"] = _host_port(self.supervisor.health)
-        return {
+        result = {
             "supervisor": supervisor,
             "services": {name: _service_dict(s) for name, s in self.services.items()},
         }
+        # Written so that from_dict() expands it back to the same values.
+        return expand.escape(result) if self.supervisor.expand_env else result
 
     def dependency_order(self) -> tuple[str, ...]:
         """Return the service names so that each comes after all it depends on.

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._clone.namespaces import DEFAULT_NAMESPACES
 from .._errors import PolicyError
+from . import expand
 from .bounds import MAX_SERVICES, check_data_depth
 from .lines import line_of
 from .model import PolicyIssue, Service, SupervisorConfig
@@ -404,7 +405,13 @@ def build(
     elif not isinstance(document, dict):
         problems = [("", f"a policy must be a table (got {show(document)})")]
     else:
+        expanded: list[Problem] = []
+        if expand.enabled(document):
+            document, expanded = expand.expand_document(document)
         supervisor, services, problems = _check_document(document)
+        # A value that could not be expanded is reported once, not again by its validator.
+        unexpanded = {key for key, _ in expanded}
+        problems = expanded + [p for p in problems if p[0] not in unexpanded]
     if problems or supervisor is None:
         found = dict(lines or {})
         issues: dict[PolicyIssue, None] = dict.fromkeys(

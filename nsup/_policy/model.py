@@ -99,6 +99,8 @@ class SupervisorConfig:
         control: the control socket path, or ``None`` for the default.
         health: ``(host, port)`` for the HTTP health endpoint, or ``None``.
         timestamps: prefix each ``NAME | line`` with its RFC 3339 time.
+        expand_env: ``${VAR}``, ``${VAR:-default}`` and ``$$`` in string values
+            were expanded from nsup's environment.
 
     """
 
@@ -109,6 +111,7 @@ class SupervisorConfig:
     health: tuple[str, int] | None = None
     on_give_up: OnGiveUp = "exit"
     timestamps: bool = False
+    expand_env: bool = False
 
 
 @attrs.frozen

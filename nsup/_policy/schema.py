@@ -165,6 +165,7 @@ SUPERVISOR_FIELDS: Mapping[str, Validator] = {
     "control": string(max_length=_SOCKET_PATH_MAX),
     "health": host_port(),
     "timestamps": boolean(),
+    "expand_env": boolean(),
 }
 
 
