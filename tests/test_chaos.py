@@ -125,7 +125,7 @@ async def test_a_missing_command_fails_at_once_and_is_not_retried():
 
 
 async def test_transient_spawn_failures_back_off(monkeypatch):
-    def no_descriptors(_spec):
+    def no_descriptors(_spec, **_join):
         raise SpawnError(errno.EMFILE, "clone3: Too many open files", "clone3")
 
     monkeypatch.setattr(runner_module, "start_process", no_descriptors)

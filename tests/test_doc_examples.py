@@ -177,11 +177,11 @@ def try_it(example: str, **_: object) -> None:
 def check_web_and_db(example: str, **_: object) -> None:
     result = sh(code_part(example))
     assert (result.returncode, result.stderr) == (0, "")
-    assert [line.split(":")[0] for line in result.stdout.splitlines()] == ["db", "web"]
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == ["db", "migrate", "web"]
 
 
 def run_web_and_db(example: str, live: Callable[..., LiveRun], **_: object) -> None:
-    """Ctrl-C / SIGTERM: web stops first, then db; exit 0."""
+    """Answers the host through socket activation; Ctrl-C / SIGTERM: web stops first, then db; exit 0."""
     run = live(code_part(example))
     run.wait_for(r"^nsup: web: ready$")
     assert run.finish(signal.SIGTERM) == 0
@@ -238,8 +238,15 @@ EXAMPLES: dict[str, Callable[..., None] | str] = {
     "pytest": "installs nsup and runs the whole suite: this suite is that command",
     "nsup check examples/web-and-db.toml      # validate: one line per service, or every error "
     "(exit 2)": check_web_and_db,
-    "nsup run examples/web-and-db.toml        # Ctrl-C / SIGTERM: web stops first, then db; "
-    "exit 0": run_web_and_db,
+    "nsup run examples/web-and-db.toml        # then: curl http://127.0.0.1:8080/ from the "
+    "host": run_web_and_db,
+    "nsup run examples/sidecar.toml           # a sidecar in web's network namespace probes "
+    "web's loopback port": "tests/test_lifecycle.py runs this example and checks what the "
+    "sidecar sees",
+    "docker build -t nsup-example -f examples/container/Dockerfile .": "needs a Docker engine; "
+    "none runs on this machine (tests/test_orchestrator.py builds the image where one can)",
+    "docker run --rm -p 8080:8080 -p 9100:9100 nsup-example": "needs a Docker engine; none "
+    "runs on this machine",
     "nsup run examples/crash-loop.toml        # backoff 100ms, 200ms, 400ms... then gives up: "
     "exit 1": run_crash_loop,
     "nsup run examples/one-for-all.toml       # kill one worker: the whole group "
@@ -249,7 +256,8 @@ EXAMPLES: dict[str, Callable[..., None] | str] = {
     ),
     "python -m pytest examples/isolated-workers": isolated_workers,
     "nsup exec [--ns LIST] [--hostname NAME] [--no-init] [--memory SIZE] [--pids N] "
-    "[--bind SRC:DST] [--ro-bind SRC:DST] [--tmpfs DST] [--cwd DIR] [--env K=V] -- CMD "
+    "[--bind SRC:DST] [--ro-bind SRC:DST] [--tmpfs DST] [--cwd DIR] [--env K=V] [--user "
+    "NAME|UID] [--group NAME|GID] [--umask MODE] [--env-file PATH] [--clear-env] -- CMD "
     "[ARG...]": "a synopsis of the options, not a command",
     "# 2. nsup run: a policy\ncat > app.toml <<'EOF'\n[services.web]\ncommand = [\"python3\", "
     '"-m", "http.server", "--bind", "127.0.0.1", "8080"]\nnamespaces = ["pid", "mount", '

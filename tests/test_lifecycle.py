@@ -306,7 +306,7 @@ def test_web_and_db_example_answers_the_host(tmp_path):
     try:
         run.wait_line("web: ready")
         migrated = run.wait_line("migrate: exited")
-        assert "nsup: migrate: exited (exited with code 0)" == migrated
+        assert "nsup: migrate: exited with code 0" == migrated
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", "/")
         response = conn.getresponse()

@@ -189,8 +189,11 @@ async def test_pid_1_of_fresh_namespaces(tmp_path):
             lines = Lines(proc)
             nursery.start_soon(lines.pump)
             nsup_pid = await child_of(proc.pid)
-            record = await lines.wait_for("log")  # "running POLICY: N services, pid P"
-            assert record["pid"] == 1  # nsup is PID 1 of its namespace
+            # "running POLICY: N services, pid P" (after any start-up notices)
+            with trio.fail_after(30):
+                while not (running := [r for r in lines.records if "pid" in r]):
+                    await lines.changed.wait()
+            assert running[0]["pid"] == 1  # nsup is PID 1 of its namespace
             ns = pid_ns(nsup_pid)
             assert ns is not None
             assert ns != pid_ns(os.getpid())
@@ -548,7 +551,7 @@ def test_expand_reaches_every_table(monkeypatch):
 async def test_nsup_check_names_the_key_and_the_variable(tmp_path):
     path = tmp_path / "policy.toml"
     path.write_text(
-        '[supervisor]\nexpand_env = true\n\n[services.web]\ncommand = ["server"]\n'
+        '[supervisor]\nexpand_env = true\n\n[services.web]\ncommand = ["true"]\n'
         'stop = { timeout = "${NSUP_T_NOT_SET}" }\n'
     )
     env = {k: v for k, v in os.environ.items() if k != "NSUP_T_NOT_SET"}

@@ -295,6 +295,7 @@ async def _main(
 
             nursery.start_soon(handle_signals)
             await sup.done.wait()
+            signalled = server.stopping
             server.stopping = True  # /readyz is 503 from here on, whatever the cause
             parent.stopping(str(sup.gave_up) if sup.gave_up else "every service has ended")
             with trio.CancelScope(shield=True):
@@ -307,7 +308,7 @@ async def _main(
             nursery.cancel_scope.cancel()
     for name, n in unreported.items():
         log.line(f"dropped {n} lines of {name}", service=name)
-    return _exit_code(sup, log, stopped=server.stopping)
+    return _exit_code(sup, log, stopped=signalled)
 
 
 def _exit_code(sup: Supervisor, log: _Logger, *, stopped: bool) -> int:
