@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .server import refuse_without_waiting
+from .server import contained_client, refuse_without_waiting
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -238,26 +238,25 @@ class HealthServer:
             return
         self.connections += 1
         try:
-            status, headers, body, head_only = await self._answer(stream)
-            reason = _REASONS.get(status, "")
-            head = [
-                f"HTTP/1.1 {status} {reason}",
-                *headers,
-                f"Content-Length: {len(body)}",
-                "Connection: close",
-            ]
-            with trio.fail_after(SEND_TIMEOUT):
-                await stream.send_all(("\r\n".join(head) + "\r\n\r\n").encode())
-                if not head_only:
-                    await stream.send_all(body)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-            pass
-        except Exception as exc:  # noqa: BLE001 - one client's failure must not reach the supervisor
-            self._log(f"health: request failed: {exc!r}")
+            async with contained_client(stream, self._log, "health: request failed"):
+                await self._respond(stream)
         finally:
             self.connections -= 1
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+
+    async def _respond(self, stream: trio.SocketStream) -> None:
+        """Answer one request: read it, then send the head and (unless HEAD) the body."""
+        status, headers, body, head_only = await self._answer(stream)
+        reason = _REASONS.get(status, "")
+        head = [
+            f"HTTP/1.1 {status} {reason}",
+            *headers,
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
+        with trio.fail_after(SEND_TIMEOUT):
+            await stream.send_all(("\r\n".join(head) + "\r\n\r\n").encode())
+            if not head_only:
+                await stream.send_all(body)
 
     async def _read_head(self, stream: trio.SocketStream) -> bytes | int:
         data = b""

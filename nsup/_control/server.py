@@ -57,7 +57,7 @@ from .._errors import NsupError, PolicyError
 from .client import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from .._engine.runner import ServiceStatus
     from .._engine.supervisor import Supervisor
@@ -317,6 +317,27 @@ def refuse_without_waiting(stream: trio.SocketStream, message: bytes) -> None:
     stream.socket.close()
 
 
+@contextlib.asynccontextmanager
+async def contained_client(
+    stream: trio.SocketStream, log: Callable[[str], object], what: str
+) -> AsyncIterator[None]:
+    """Serve one client inside: its failures stay with it, and its stream is closed at the end.
+
+    A client that goes away or stops reading (a send timeout) ends quietly;
+    any other exception is logged as *what* and goes no further, so one
+    client can never reach the supervisor.
+    """
+    try:
+        yield
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+        pass  # the client went away, or stopped reading
+    except Exception as exc:  # noqa: BLE001 - one client's failure must not reach the supervisor
+        log(f"{what}: {exc!r}")
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
 def _peer_uid(sock: trio.socket.SocketType) -> int:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     return int(_UCRED.unpack(raw)[1])
@@ -381,15 +402,10 @@ class ControlServer:
             return
         self.clients += 1
         try:
-            await self._converse(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-            pass  # the client went away, or stopped reading
-        except Exception as exc:  # noqa: BLE001 - one client's failure must not reach the supervisor
-            self._log(f"control: a client's request failed: {exc!r}")
+            async with contained_client(stream, self._log, "control: a client's request failed"):
+                await self._converse(stream)
         finally:
             self.clients -= 1
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
 
     async def _converse(self, stream: trio.SocketStream) -> None:
         uid = _peer_uid(stream.socket)
