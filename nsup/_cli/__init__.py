@@ -9,9 +9,11 @@ exit codes: 2 for bad usage or an invalid policy, as the spec says.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
+from .. import __version__
 from .._errors import NsupError
 from . import check as _cmd_check
 from . import control as _cmd_control
@@ -32,19 +34,36 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nsup",
         description="Supervise Linux processes in fresh namespaces.",
     )
+    parser.add_argument("--version", action="version", version=f"nsup {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _COMMANDS:
         module.register(subparsers)
     return parser
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush finds no closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``nsup`` with *argv* (default ``sys.argv[1:]``) and return the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run ``nsup`` with *argv* (default ``sys.argv[1:]``) and return the exit code.
+
+    A closed stdout (``nsup status | head -1``) ends any command quietly, with 0.
+    """
     try:
-        code: int = args.func(args)
-    except NsupError as exc:
-        print(f"nsup: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's own error line
-        return 2
+        try:
+            args = build_parser().parse_args(argv)
+            code: int = args.func(args)
+        except NsupError as exc:
+            print(f"nsup: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's own error line
+            code = 2
+        except SystemExit as exc:  # argparse, after --help, --version or bad usage
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
     return code
