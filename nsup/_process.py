@@ -439,19 +439,27 @@ def _add_cgroup_fds(request: dict[str, Any], fds: list[int], cgroup: _cgroup.Cgr
 def _preflight(spec: ProcessSpec) -> str | None:
     """Check what can be checked before anything starts; return the resolved rootfs.
 
-    A missing bind source, a rootfs that is not a directory, or a mount
-    target that resolves outside the rootfs fails here, with nothing started.
-    (The child checks again, as the file system may change in between.)
+    A missing bind source, a rootfs that is not a directory, a mount target
+    that resolves outside the rootfs, or (without a rootfs) a mount target
+    missing on the host and not below an earlier mount, fails here, with
+    nothing started.  (The child checks again, as the file system may change
+    in between; below an earlier mount the host's tree is not what it sees.)
     """
     rootfs = None
     if spec.rootfs is not None:
         rootfs = os.path.realpath(spec.rootfs)
         if not os.path.isdir(rootfs):
             raise spawn_error(spec, f"rootfs {spec.rootfs}", errno.ENOTDIR, 0)
+    earlier: list[str] = []  # below these, the host's tree is not what the child will see
     for mount in spec.mounts:
         stage = f"mount {mount.type} on {mount.target}"
         if mount.type == "bind" and not os.path.exists(mount.source or ""):
             raise spawn_error(spec, stage, errno.ENOENT, 0, "source")
+        if rootfs is None:
+            below = any(mount.target.startswith(t + "/") for t in earlier)
+            if not below and not os.path.lexists(mount.target):
+                raise spawn_error(spec, stage, errno.ENOENT, 0, "target")
+            earlier.append(mount.target.rstrip("/"))
         if rootfs is not None:
             real = os.path.realpath(rootfs + mount.target)
             if real != rootfs and not real.startswith(rootfs + "/"):

@@ -120,6 +120,12 @@ def _mount_hint(spec: ProcessSpec, stage: str, err: int, detail: str) -> tuple[s
             what,
             f"the bind source {source!r} does not exist on the host; create it or fix the path",
         )
+    if err == errno.ENOENT and detail == "target":
+        return what, (
+            f"the mount point {target!r} does not exist on the host, and nsup creates mount "
+            "points only inside a rootfs or on a tmpfs it mounted earlier (it never changes the "
+            "host); create it on the host, use a rootfs, or mount a tmpfs on a parent first"
+        )
     if err == errno.EXDEV:
         resolved = f" (it resolves to {detail!r})" if detail else ""
         return what, (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -116,7 +118,107 @@ def test_sigterm_to_nsup_exec_reaches_the_command():
                 proc.wait()
 
 
-def test_help_has_examples():
+def _help_example(start: str) -> tuple[str, str]:
+    """The example line of ``nsup exec --help`` that starts with *start*: (command, comment)."""
     result = subprocess.run([*NSUP, "exec", "--help"], capture_output=True, text=True, check=True)
     assert "examples:" in result.stdout
-    assert "nsup exec --ns pid,net,uts --hostname demo" in result.stdout
+    line = next(ln.strip() for ln in result.stdout.splitlines() if ln.strip().startswith(start))
+    command, _, comment = line.partition("   # ")
+    return command, comment.strip()
+
+
+def test_the_help_example_shows_only_the_namespaces_processes():
+    command, comment = _help_example("nsup exec --ns pid,net,uts")
+    assert comment == "demo, init, sh, ps"
+    # Run the line exactly as shown, through a shell, with `nsup` being this checkout's.
+    python = shlex.quote(sys.executable)
+    result = subprocess.run(  # noqa: S602 - the help's own line, as a user pastes it
+        f'nsup() {{ {python} -m nsup "$@"; }}; {command}',
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "demo"
+    assert lines[1].split() == ["PID", "TTY", "TIME", "CMD"]
+    assert [line.split()[-1] for line in lines[2:]] == ["nsup-init", "sh", "ps"]
+
+
+def test_pid_without_mount_still_gets_a_private_proc():
+    result = nsup_exec("--ns", "pid", "--", "sh", "-c", "ls /proc | grep -c '^[0-9]'")
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) <= 4  # init, sh, ls, grep: never the host's table
+
+
+def test_a_missing_mount_point_on_the_host_is_refused_with_the_way_out(tmp_path):
+    target = tmp_path / "data"
+    result = nsup_exec("--ro-bind", f"{tmp_path}:{target}", "--", "true")
+    assert result.returncode == 125
+    assert result.stderr == (
+        f"nsup exec: mount bind {tmp_path} on {target}: No such file or directory; the mount "
+        f"point '{target}' does not exist on the host, and nsup creates mount points only "
+        "inside a rootfs or on a tmpfs it mounted earlier (it never changes the host); create "
+        "it on the host, use a rootfs, or mount a tmpfs on a parent first\n"
+    )
+    assert not target.exists()  # the host was left alone
+
+
+def test_mount_points_are_made_on_an_earlier_tmpfs(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "hello").write_text("hi\n")
+    (tmp_path / "mnt").mkdir()
+    mnt = tmp_path / "mnt"
+    result = nsup_exec(
+        "--tmpfs",
+        str(mnt),
+        "--ro-bind",
+        f"{tmp_path / 'src'}:{mnt}/a/b",
+        "--bind",
+        f"{tmp_path / 'src' / 'hello'}:{mnt}/file",
+        "--",
+        "sh",
+        "-c",
+        f"cat {mnt}/a/b/hello {mnt}/file; test -f {mnt}/file && echo file",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["hi", "hi", "file"]
+    assert os.listdir(mnt) == []  # made on the tmpfs, not on the host
+
+
+def test_a_mount_point_is_not_made_on_a_later_tmpfs(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    target = tmp_path / "mnt" / "a"
+    result = nsup_exec(
+        "--ro-bind", f"{tmp_path}:{target}", "--tmpfs", str(tmp_path / "mnt"), "--", "true"
+    )
+    assert result.returncode == 125
+    assert f"the mount point '{target}' does not exist on the host" in result.stderr
+
+
+def test_mount_points_are_made_inside_a_rootfs(tmp_path):
+    if not os.path.islink("/bin"):
+        pytest.skip("this test binds /usr alone, which needs a merged-/usr host")
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("bin", "lib", "lib64", "sbin"):
+        if os.path.islink(f"/{name}"):
+            (root / name).symlink_to(os.readlink(f"/{name}"))
+    (tmp_path / "hello").write_text("hi\n")
+    result = nsup_exec(
+        "--rootfs",
+        str(root),
+        "--ro-bind",
+        "/usr:/usr",
+        "--ro-bind",
+        f"{tmp_path / 'hello'}:/data/hello",
+        "--",
+        "cat",
+        "/data/hello",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hi\n"
+    assert (root / "data" / "hello").is_file()  # made inside the rootfs
+    assert not os.path.exists("/data/hello")

@@ -291,6 +291,27 @@ async def test_missing_bind_source_names_source_and_target():
     )
 
 
+async def test_a_missing_mount_point_on_the_host_is_refused_before_start(tmp_path):
+    target = tmp_path / "data"
+    mount = nsup.Mount(type="tmpfs", target=str(target))
+    with pytest.raises(nsup.SpawnError) as info:
+        async with nsup.spawn(nsup.ProcessSpec(argv=["true"], mounts=[mount])):
+            pass
+    assert (info.value.stage, info.value.errno) == (f"mount tmpfs on {target}", 2)
+    assert f"the mount point '{target}' does not exist on the host" in str(info.value)
+    assert not target.exists()
+
+
+async def test_mount_points_are_made_on_an_earlier_tmpfs(tmp_path):
+    mounts = [
+        nsup.Mount(type="tmpfs", target=str(tmp_path)),
+        nsup.Mount(type="tmpfs", target=f"{tmp_path}/a/b"),
+    ]
+    status, out = await run(["sh", "-c", f"cd {tmp_path}/a/b && echo here"], mounts=mounts)
+    assert (status.success, out) == (True, "here\n")
+    assert not (tmp_path / "a").exists()
+
+
 async def test_missing_rootfs():
     with pytest.raises(nsup.SpawnError) as info:
         async with nsup.spawn(nsup.ProcessSpec(argv=["true"], rootfs="/no/such/root")):

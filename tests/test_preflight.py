@@ -199,8 +199,8 @@ def test_missing_bind_source_and_target(nsup_check, tmp_path):
         ),
         (
             f"nsup: {path}:3: 'services.web.mounts[0].target' is '{tmp_path}/dst', which does "
-            "not exist; nsup makes mount points only inside a 'rootfs': create it first, or use "
-            "a rootfs"
+            "not exist; nsup makes mount points only inside a 'rootfs' or on a tmpfs mounted "
+            "earlier in 'mounts': create it first, or use a rootfs"
         ),
     ]
 

@@ -10,6 +10,7 @@ tini use: 127 when the command is not found, 126 when it cannot be executed,
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -31,15 +32,20 @@ __all__ = ["register", "run"]
 
 EXAMPLES = """\
 examples:
-  nsup exec --ns pid,net,uts --hostname demo -- sh -c 'hostname; ps -e'
+  nsup exec --ns pid,net,uts --hostname demo -- sh -c 'hostname; ps -e'   # demo, init, sh, ps
   nsup exec --ns user,pid,mount,net -- id          # rootless: uid 0 inside
-  nsup exec --ro-bind /srv/data:/data --tmpfs /tmp -- ls /data
+  nsup exec --ro-bind /srv/data:/mnt --tmpfs /tmp -- ls /mnt
+  nsup exec --tmpfs /mnt --ro-bind /etc:/mnt/etc -- ls /mnt/etc   # DST made on the tmpfs
   nsup exec --no-init --ns pid -- sh -c 'echo $$'  # the command itself is PID 1
 
   nsup exec --memory 256M --pids 64 --cpu 0.5 --rlimit nofile=1024 -- ./worker
   nsup exec --rootfs /srv/alpine --user 1000 --group 1000 --no-new-privs -- /bin/sh
   nsup exec --user www-data --umask 027 --clear-env --env-file /etc/web.env -- ./server
   nsup exec --cap net_bind_service --user 1000 -- ./server   # only that capability
+
+--ns with pid implies mount, so /proc shows only the namespace's processes.
+mounts are made in the order given; a missing DST is created inside --rootfs
+or on an earlier --tmpfs, never on the host.
 
 exit status: the command's, or 128+N if signal N killed it (an OOM kill is
 SIGKILL: 137, and nsup exec says so on stderr); 127 command not found, 126 not
@@ -94,13 +100,21 @@ def register(subparsers: Any) -> None:
         help="an rlimit, soft and hard: nofile=1024, core=0, as=1G, cputime=10s, "
         "or NAME=unlimited (repeatable)",
     )
-    for flag, what in (("--bind", "bind-mount"), ("--ro-bind", "bind-mount read-only")):
+    # One list in command-line order, as bwrap applies them: a --tmpfs can hold a later bind.
+    for flag, metavar, what in (
+        ("--bind", "SRC:DST", "bind-mount host SRC at DST"),
+        ("--ro-bind", "SRC:DST", "bind-mount host SRC at DST, read-only"),
+        ("--tmpfs", "DST", "a fresh tmpfs at DST"),
+    ):
         parser.add_argument(
-            flag, metavar="SRC:DST", action="append", default=[], help=f"{what} host SRC at DST"
+            flag,
+            metavar=metavar,
+            dest="mounts",
+            action="append",
+            default=[],
+            type=functools.partial(_tagged, flag),
+            help=f"{what} (repeatable)",
         )
-    parser.add_argument(
-        "--tmpfs", metavar="DST", action="append", default=[], help="a fresh tmpfs at DST"
-    )
     parser.add_argument("--cwd", metavar="DIR", help="working directory inside")
     parser.add_argument(
         "--rootfs", metavar="DIR", help="make DIR the root, with a minimal /dev and /proc"
@@ -121,6 +135,16 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     parser.set_defaults(func=run, parser=parser)
+
+
+def _tagged(flag: str, value: str) -> tuple[str, str]:
+    return flag, value
+
+
+def _mount(flag: str, value: str) -> Mount:
+    if flag == "--tmpfs":
+        return Mount(type="tmpfs", target=value)
+    return _bind(value, readonly=flag == "--ro-bind")
 
 
 def _bind(value: str, readonly: bool) -> Mount:
@@ -151,9 +175,7 @@ def build_spec(args: argparse.Namespace) -> ProcessSpec:
         env[key] = value
     identity, umask, env = exec_identity.resolve(args, env)
     try:
-        mounts = [_bind(v, readonly=False) for v in args.bind]
-        mounts += [_bind(v, readonly=True) for v in args.ro_bind]
-        mounts += [Mount(type="tmpfs", target=t) for t in args.tmpfs]
+        mounts = [_mount(flag, value) for flag, value in args.mounts]
     except ValueError as exc:
         raise SpecError(str(exc)) from None
     try:
@@ -164,8 +186,8 @@ def build_spec(args: argparse.Namespace) -> ProcessSpec:
         raise SpecError(str(exc)) from None
     if mounts and "mount" not in namespaces:
         namespaces.add("mount")  # as bwrap does: mounts imply a mount namespace
-    if args.rootfs is not None:
-        namespaces.add("mount")
+    if args.rootfs is not None or "pid" in namespaces:
+        namespaces.add("mount")  # with pid: a private /proc, as unshare --mount-proc gives
     capabilities = None
     if args.cap is not None:
         capabilities = [c for c in args.cap if c.lower() != "none"]

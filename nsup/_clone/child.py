@@ -188,9 +188,13 @@ def _mounts(req: dict[str, Any], root: str) -> None:
     if root:
         _stage(f"bind rootfs {root}", _sys.mount, root, root, None, _sys.MS_BIND | _sys.MS_REC)
         _stage(f"minimal /dev in rootfs {root}", _minimal_dev, root)
+    tmpfs: list[str] = []  # our own tmpfs mounts: mount points may be created on them
     for kind, target, source, readonly, data in req["mounts"]:
         stage = f"mount {kind} on {target}"
-        _stage(stage, _do_mount, kind, root + target, source, readonly, data, root)
+        on = root or next((t for t in tmpfs if target.startswith(t + "/")), "")
+        _stage(stage, _do_mount, kind, root + target, source, readonly, data, on)
+        if kind == "tmpfs" and not root:
+            tmpfs.extend({target.rstrip("/"), os.path.realpath(target)})
     if root:
         _stage(f"pivot_root into {root}", _pivot, root)
 

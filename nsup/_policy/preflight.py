@@ -251,7 +251,8 @@ def _check_paths(find: _Finder, name: str, service: Service) -> None:
             find.error(
                 f"{key}.target",
                 f"'{key}.target' is {mount.target!r}, which does not exist; nsup makes "
-                "mount points only inside a 'rootfs': create it first, or use a rootfs",
+                "mount points only inside a 'rootfs' or on a tmpfs mounted earlier in "
+                "'mounts': create it first, or use a rootfs",
             )
 
 
