@@ -42,6 +42,7 @@ import signal
 from typing import NoReturn
 
 from . import syscalls as _sys
+from .title import set_title
 
 __all__ = ["FORWARD_NEVER", "run_init"]
 
@@ -73,20 +74,6 @@ def exit_code(wait_status: int) -> int:
     if os.WIFSIGNALED(wait_status):
         return 128 + os.WTERMSIG(wait_status)
     return os.waitstatus_to_exitcode(wait_status)
-
-
-def _set_name(name: bytes) -> None:
-    """Show as *name* in ps and top (the comm field), not as python3."""
-    try:
-        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.write(fd, name)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _descendants() -> list[int]:
@@ -198,13 +185,15 @@ def run_init(  # noqa: PLR0913 - the command, its report pipe, and two switches
         _sys.prctl(_sys.PR_SET_PDEATHSIG, PARENT_DIED)
         if os.getppid() != parent:
             os._exit(1)  # the supervisor died while the signal was being changed
+    # Set before the command starts, so that it already sees its init's title.
+    name = env.get("NSUP_SERVICE") or os.path.basename(path)
+    set_title(f"nsup-init: {name}", "nsup-init")
     try:
         pid = _start_command(path, argv, env, subreaper=subreaper, listen_pid=listen_pid)
     except OSError as exc:
         os.write(report_fd, b"Eexec:%d\n" % (exc.errno or 0))
         os._exit(127)
     os.write(report_fd, b"S%d\n" % pid)
-    _set_name(b"nsup-init")
     os.closerange(3, report_fd)
     os.closerange(report_fd + 1, _MAX_FD)
     signals = signal.valid_signals()

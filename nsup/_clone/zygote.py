@@ -42,6 +42,7 @@ from typing import Any
 from . import child as _child
 from . import syscalls as _sys
 from .namespaces import CLONE_FLAGS
+from .title import set_title
 
 __all__ = ["main"]
 
@@ -132,6 +133,7 @@ def main(parent_pid: int, sock_fd: int) -> None:
     if os.getppid() != parent_pid:
         return  # the supervisor died before PDEATHSIG was armed
     supervisor_pidfd = os.pidfd_open(parent_pid)
+    set_title("nsup-zygote", "nsup-zygote")
     _prepare_signals()
     _child.have_mount_setattr()  # probed once here; every child inherits the answer
     sock = socket.socket(fileno=sock_fd)
