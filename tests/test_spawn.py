@@ -67,7 +67,7 @@ async def test_init_is_pid_1_and_the_command_pid_2():
         await proc.wait()
     assert first == b"2"
     assert proc.command_pid == 2
-    assert b"python" in rest
+    assert rest == b"nsup-init: sh "  # the init's title, set before the command started
 
 
 async def test_without_init_the_command_is_pid_1():
