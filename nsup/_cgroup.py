@@ -59,6 +59,7 @@ import trio
 
 from ._clone import syscalls as _sys
 from ._errors import SpawnError
+from ._rundir import sees_every_pid
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -278,10 +279,15 @@ def remove_stale_trees(deadline: float = STALE_DEADLINE) -> tuple[list[str], int
     left).  Only ``nsup-<pid>`` trees whose pid no longer exists are touched,
     so supervisors running beside this one keep theirs.
 
+    Inside a nested PID namespace nothing is touched (see
+    :func:`nsup._rundir.sees_every_pid`).
+
     Returns:
         The base directories removed, and how many processes were killed.
 
     """
+    if not sees_every_pid():
+        return [], 0  # the pid in a base's name may be one this namespace cannot see
     try:
         layout = get_layout()
     except OSError:

@@ -59,10 +59,30 @@ def make_runtime_dir() -> str:
     return path
 
 
+def sees_every_pid() -> bool:
+    """True in the initial PID namespace, the only one where any supervisor's pid can be looked up.
+
+    Inside a nested PID namespace (a container, ``unshare --pid``) a live
+    supervisor outside it has no ``/proc`` entry here, so it would look dead:
+    crash cleanup is skipped there rather than risk another supervisor's
+    processes and files.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) == 2  # one pid: no ancestor namespace
+    except OSError:
+        return False
+    return True  # a kernel without NSpid (< 4.1) has no nested view to worry about
+
+
 def remove_stale_runtime_dirs(base: str | None = None) -> list[str]:
     """Remove runtime directories in *base* whose owner is gone; return their paths."""
     base = base or runtime_base() or tempfile.gettempdir()
-    removed = []
+    removed: list[str] = []
+    if not sees_every_pid():
+        return removed
     try:
         entries = list(os.scandir(base))
     except OSError:
