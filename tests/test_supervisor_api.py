@@ -174,24 +174,23 @@ async def test_wait_ready_on_an_unknown_name_raises_key_error():
             await sup.wait_ready("nope")
 
 
-async def test_wait_ready_raises_once_the_service_is_removed(tmp_path):
+async def test_wait_ready_raises_once_the_service_is_removed():
     slow = {
         "command": ["sh", "-c", "exec sleep 100"],
         "namespaces": [],
         "ready": {"log": "never printed", "timeout": "1h"},
     }
-    async with supervised({}) as (sup, rec):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sup.add, "a", slow)
-            await rec.wait("started", "a")
-            caught: list = []
-            async with trio.open_nursery() as waiters:
-                waiters.start_soon(not_ready, sup, "a", caught)
-                await trio.testing.wait_all_tasks_blocked(0.05)
-                assert [] == caught
-                await sup.remove("a")
-            assert "removed" == caught[0].state
-            nursery.cancel_scope.cancel()
+    async with supervised({}) as (sup, rec), trio.open_nursery() as nursery:
+        nursery.start_soon(sup.add, "a", slow)
+        await rec.wait("started", "a")
+        caught: list = []
+        async with trio.open_nursery() as waiters:
+            waiters.start_soon(not_ready, sup, "a", caught)
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            assert [] == caught
+            await sup.remove("a")
+        assert "removed" == caught[0].state
+        nursery.cancel_scope.cancel()
 
 
 # --- after the supervisor finished ----------------------------------------------
@@ -213,15 +212,17 @@ async def test_wait_ready_raises_when_the_supervisor_finishes_meanwhile():
     slow = {**SLEEPER, "ready": {"log": "never printed", "timeout": "1h"}}
     pol = nsup.Policy.from_dict({"services": {"keep": SLEEPER}})
     caught: list = []
-    async with nsup.open_supervisor(pol, output=lambda n, l: None) as sup:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sup.add, "a", slow)
-            await trio.testing.wait_all_tasks_blocked(0.05)
-            assert "starting" == sup.status()["a"].state
-            nursery.start_soon(not_ready, sup, "a", caught)
-            await trio.testing.wait_all_tasks_blocked(0.05)
-            assert [] == caught
-            await sup.stop_all()
+    async with (
+        nsup.open_supervisor(pol, output=lambda n, l: None) as sup,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(sup.add, "a", slow)
+        await trio.testing.wait_all_tasks_blocked(0.05)
+        assert "starting" == sup.status()["a"].state
+        nursery.start_soon(not_ready, sup, "a", caught)
+        await trio.testing.wait_all_tasks_blocked(0.05)
+        assert [] == caught
+        await sup.stop_all()
     assert "finished" == caught[0].state
 
 
