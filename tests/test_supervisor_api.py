@@ -305,3 +305,72 @@ async def test_a_reload_without_an_added_service_removes_it():
         pid = sup.status()["job"].pid
         result = await sup.reload(pol)
         assert ({"changed": [], "removed": ["job"], "added": []}, True) == (result, gone(pid))
+
+
+# --- ServiceStatus: pid, init_pid, restarts --------------------------------------
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[1])
+
+
+def comm_of(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+
+@pytest.mark.parametrize(
+    "namespaces", [["pid"], []], ids=["in a pid namespace", "without a pid namespace"]
+)
+async def test_pid_is_the_command_and_init_pid_the_init(namespaces):
+    service = {"command": ["sleep", "100"], "namespaces": namespaces, "init": True}
+    async with supervised({"a": service}) as (sup, rec):
+        status = sup.status()["a"]
+        assert status.init_pid is not None
+        assert (parent_of(status.pid), comm_of(status.pid)) == (status.init_pid, "sleep")
+        sup.signal("a", signal.SIGKILL)
+        await rec.wait("exited", "a")
+        await trio.testing.wait_all_tasks_blocked(0.05)
+        await sup.wait_ready("a")
+        again = sup.status()["a"]
+        assert (parent_of(again.pid), comm_of(again.pid)) == (again.init_pid, "sleep")
+        assert status.pid != again.pid
+
+
+async def test_without_an_init_pid_is_the_command_and_init_pid_none():
+    service = {"command": ["sleep", "100"], "namespaces": ["pid"], "init": False}
+    async with supervised({"a": service}) as (sup, _):
+        status = sup.status()["a"]
+        assert (None, "sleep") == (status.init_pid, comm_of(status.pid))
+        assert os.getpid() == parent_of(status.pid)
+
+
+async def test_a_stopped_service_has_no_pids():
+    async with supervised({"a": SLEEPER}) as (sup, _):
+        await sup.stop("a")
+        status = sup.status()["a"]
+        assert (None, None) == (status.pid, status.init_pid)
+
+
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+async def test_restarts_count_group_restarts_for_every_member(strategy):
+    services = {"a": {**SLEEPER, "backoff": QUICK}, "b": {**SLEEPER, "backoff": QUICK}}
+    async with supervised(services, strategy=strategy, max_restarts=5) as (sup, rec):
+        sup.signal("a", signal.SIGKILL)
+        await rec.wait("restarting", "a")
+        await sup.wait_ready("a")
+        await sup.wait_ready("b")
+        await sup.wait_ready("keep")
+        counts = {n: s.restarts for n, s in sup.status().items()}
+        # "keep" comes last in dependency order: rest_for_one from "a" restarts all three too.
+        assert {"a": 1, "b": 1, "keep": 1} == counts
+
+
+async def test_restarts_count_manual_restarts_not_starts():
+    async with supervised({"a": SLEEPER}) as (sup, _):
+        await sup.restart("a")
+        assert 1 == sup.status()["a"].restarts
+        await sup.stop("a")
+        await sup.start("a")
+        assert 1 == sup.status()["a"].restarts

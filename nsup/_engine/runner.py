@@ -177,9 +177,16 @@ class ServiceStatus:
         state: ``down``, ``starting``, ``up``, ``stopping``, ``restarting``,
             ``backoff``, ``ended`` or ``failed``; or ``blocked`` while it waits
             for a dependency that cannot meet its condition (see ``blocked``).
-        pid: the child's pid while it runs.
+        pid: the command's pid (in nsup's PID namespace) while it runs;
+            with nsup's init that is the init's child, not the init.
+        init_pid: the pid of nsup's init while it runs, or None (``init =
+            false``, or not running).
         started_at: ``time.time()`` of the last start, or None.
-        restarts: automatic restarts so far.
+        restarts: every restart so far: after an exit its restart rule
+            wanted, as part of a ``one_for_all`` / ``rest_for_one`` group
+            (each instance of the group counts one), a manual ``restart()``
+            / ``nsup restart``, and following its ``namespaces_from`` owner.
+            A ``start()`` after it was stopped or ended is not a restart.
         last_exit: how the last run ended, or None.
         last_reason: why nsup ended or restarted it last (``"health"``,
             ``"ready timeout"``, ``"spawn failed"``, ``"oom"``...), or ``""``.
@@ -207,6 +214,7 @@ class ServiceStatus:
     ready: bool
     status_text: str
     error: str = ""
+    init_pid: int | None = None
     cpu_seconds: float | None = None
     memory_bytes: int | None = None
     memory_peak_bytes: int | None = None
@@ -221,6 +229,29 @@ class ServiceStatus:
         if self.pid is None or self.started_at is None:
             return None
         return max(0.0, time.time() - self.started_at)
+
+
+def host_pid_of_child(parent: int, inner_pid: int) -> int | None:
+    """The pid, in nsup's PID namespace, of *parent*'s child whose own pid is *inner_pid*.
+
+    nsup's init reports the command's pid as it sees it (``S<pid>`` on its
+    report pipe): inside a PID namespace that is usually 2.  The child's
+    ``NSpid`` (innermost last) maps it back.  None if it is gone already.
+    """
+    try:
+        with open(f"/proc/{parent}/task/{parent}/children", encoding="ascii") as f:
+            children = [int(p) for p in f.read().split()]
+    except OSError:
+        return None
+    for child in children:
+        try:
+            with open(f"/proc/{child}/status", encoding="utf-8") as f:
+                nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+        except OSError:
+            continue
+        if nspid and int(nspid[-1]) == inner_pid:
+            return child
+    return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -272,6 +303,8 @@ class Runner:
         self._nursery: trio.Nursery | None = None
         self._scope = trio.CancelScope()
         self._crashed = False
+        self._command_pid_of: tuple[int, int] | None = None  # (init pid, command pid) cached
+        self._command_host_pid: int | None = None
 
     # --- what the host calls --------------------------------------------------
 
@@ -286,7 +319,10 @@ class Runner:
         return ServiceStatus(
             name=self.name,
             state="blocked" if self.blocked_on is not None else self.state.value,
-            pid=self.proc.pid if running and self.proc is not None else None,
+            pid=self._command_pid() if running else None,
+            init_pid=self.proc.pid
+            if running and self.proc is not None and self.proc.command_pid
+            else None,
             started_at=self.started_at,
             restarts=self.restarts,
             last_exit=self.last_exit,
@@ -302,6 +338,18 @@ class Runner:
             blocked=self.blocked_why,
             completed=conditions.completed(self),
         )
+
+    def _command_pid(self) -> int | None:
+        """The command's pid in nsup's PID namespace (with an init, the init's child)."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.command_pid is None:  # no init: the process is the command
+            return proc.pid
+        if self._command_pid_of != (proc.pid, proc.command_pid):
+            self._command_pid_of = (proc.pid, proc.command_pid)
+            self._command_host_pid = host_pid_of_child(proc.pid, proc.command_pid)
+        return self._command_host_pid
 
     @property
     def running(self) -> bool:
@@ -452,7 +500,8 @@ class Runner:
         elif action is Action.CANCEL_DELAY:
             if self._delay_scope is not None:
                 self._delay_scope.cancel()
-            if event is Input.RESTART:
+            if event is Input.RESTART:  # the pending restart, made now: it counts
+                self.restarts += 1
                 self.send(Input.START)
         elif action is Action.FAIL:
             self.last_reason = "spawn failed"

@@ -360,10 +360,10 @@ class Supervisor:
             await trio.sleep(delay)
             if self._stopping:
                 return
-            failed.count_restart()
-            for name in group:
+            for name in group:  # each one restarts: each one counts it
                 runner = self.runners.get(name)
                 if runner is not None:
+                    runner.count_restart()
                     runner.send(Input.START)
         finally:
             self._group_busy = False
