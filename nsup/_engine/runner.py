@@ -232,26 +232,41 @@ class ServiceStatus:
 
 
 def host_pid_of_child(parent: int, inner_pid: int) -> int | None:
-    """The pid, in nsup's PID namespace, of *parent*'s child whose own pid is *inner_pid*.
+    """The pid, in nsup's PID namespace, of *parent*'s descendant whose own pid is *inner_pid*.
 
     nsup's init reports the command's pid as it sees it (``S<pid>`` on its
-    report pipe): inside a PID namespace that is usually 2.  The child's
-    ``NSpid`` (innermost last) maps it back.  None if it is gone already.
+    report pipe), in the init's own PID namespace: inside a new one that is
+    usually 2 and the process's ``NSpid`` (innermost last) maps it back; an
+    init that joined another's namespace (a sidecar) sees nsup's pids.
+    Children first, then their children; None if it is gone.
     """
+    if inner_pid in _children(parent):
+        return inner_pid
+    level = [parent]
+    for _ in range(3):
+        below = [c for p in level for c in _children(p)]
+        for child in below:
+            if _inner_pid(child) == inner_pid:
+                return child
+        level = below
+    return None
+
+
+def _children(pid: int) -> list[int]:
     try:
-        with open(f"/proc/{parent}/task/{parent}/children", encoding="ascii") as f:
-            children = [int(p) for p in f.read().split()]
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _inner_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+            nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
     except OSError:
         return None
-    for child in children:
-        try:
-            with open(f"/proc/{child}/status", encoding="utf-8") as f:
-                nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
-        except OSError:
-            continue
-        if nspid and int(nspid[-1]) == inner_pid:
-            return child
-    return None
+    return int(nspid[-1]) if nspid else None
 
 
 def _describe(exc: BaseException) -> str:
