@@ -31,7 +31,9 @@ from ._cgroup import CgroupStatistics as CgroupStatistics
 from ._engine.events import Event as Event
 from ._engine.runner import ServiceStatus as ServiceStatus
 from ._engine.supervisor import GaveUpError as GaveUpError
+from ._engine.supervisor import NotReadyError as NotReadyError
 from ._engine.supervisor import Supervisor as Supervisor
+from ._engine.supervisor import SupervisorFinishedError as SupervisorFinishedError
 from ._engine.supervisor import open_supervisor as open_supervisor
 from ._errors import NsupError as NsupError
 from ._errors import PolicyError as PolicyError

@@ -76,17 +76,21 @@ def test_status_table_and_json(start):
     result = run.ctl("status")
     assert result.returncode == 0, result.stderr
     header, row_a, row_b = result.stdout.splitlines()
-    assert header.split() == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST", "EXIT"]
-    assert row_a.split()[:3] == ["a", "up", str(a["pid"])]
-    assert row_a.split()[4:] == ["0", "-"]
-    assert row_b.split() == ["b", "ended", "-", "-", "0", "exited", "with", "code", "3"]
+    assert header.split() == [
+        "NAME", "STATE", "PID", "INIT", "UPTIME", "RESTARTS", "LAST", "EXIT",
+    ]  # fmt: skip
+    assert row_a.split()[:4] == ["a", "up", str(a["pid"]), str(a["init_pid"])]
+    assert row_a.split()[5:] == ["0", "-"]
+    assert row_b.split() == ["b", "ended", "-", "-", "-", "0", "exited", "with", "code", "3"]
+    with open(f"/proc/{a['pid']}/comm") as f:
+        assert "sleep" == f.read().strip()  # the command, not the init
     assert os.path.exists(f"/proc/{a['pid']}")
 
     data = json.loads(run.ctl("status", "--json").stdout)
     assert data["supervisor"]["pid"] == run.proc.pid
     assert data["supervisor"]["protocol"] == 1
     by_name = {s["name"]: s for s in data["services"]}
-    assert by_name["a"]["pid"] == a["pid"]
+    assert (by_name["a"]["pid"], by_name["a"]["init_pid"]) == (a["pid"], a["init_pid"])
     assert by_name["a"]["ready"] is True
     assert by_name["b"]["last_exit"] == {
         "code": 3,

@@ -15,10 +15,10 @@ import nsup.testing
 
 PUBLIC = [
     "Backoff", "CgroupStatistics", "Event", "ExitStatus", "GaveUpError", "HealthProbe", "Limits",
-    "Mount", "NsupError", "Policy", "PolicyError", "PolicyIssue", "Probe", "Process",
+    "Mount", "NotReadyError", "NsupError", "Policy", "PolicyError", "PolicyIssue", "Probe", "Process",
     "ProcessSpec", "Service", "ServiceInstance", "ServiceStatus", "Socket", "SpawnError",
     "SpecError",
-    "Stop", "Supervisor", "SupervisorConfig", "load_policy", "open_supervisor", "run_process",
+    "Stop", "Supervisor", "SupervisorConfig", "SupervisorFinishedError", "load_policy", "open_supervisor", "run_process",
     "spawn",
 ]  # fmt: skip
 LOWLEVEL = ["start_process"]
@@ -117,6 +117,8 @@ def test_only_those_handles_refuse_construction():
         (nsup.SpecError, ValueError),
         (nsup.SpawnError, OSError),
         (nsup.GaveUpError, RuntimeError),
+        (nsup.NotReadyError, RuntimeError),
+        (nsup.SupervisorFinishedError, RuntimeError),
     ],
 )
 def test_errors_refine_a_builtin(error, builtin):

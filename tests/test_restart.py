@@ -128,21 +128,7 @@ async def test_stop_during_backoff_cancels_the_pending_restart():
         assert "up" == a(sup).state
 
 
-@pytest.mark.parametrize(
-    "how",
-    [
-        pytest.param(
-            "start",
-            marks=pytest.mark.xfail(
-                reason="Supervisor.start() returns at once for an ended service, before the "
-                "runner has handled START (it waits for 'up or ended'); the supervisor-level "
-                "API of issue 16 (wave two) fixes it",
-                strict=True,
-            ),
-        ),
-        "restart",
-    ],
-)
+@pytest.mark.parametrize("how", ["start", "restart"])
 async def test_an_ended_service_can_be_started_again(how):
     async with supervised({**SLEEPER, "restart": "never"}) as (sup, rec):
         sup.signal("a", signal.SIGKILL)

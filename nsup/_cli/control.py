@@ -179,8 +179,8 @@ def format_last_exit(service: dict[str, Any]) -> str:
 
 
 def format_status_table(services: list[dict[str, Any]]) -> str:
-    """Return the ``nsup status`` table: name, state, pid, uptime, restarts, last exit."""
-    rows = [("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT")]
+    """Return the ``nsup status`` table: name, state, pid, init pid, uptime, restarts, last exit."""
+    rows = [("NAME", "STATE", "PID", "INIT", "UPTIME", "RESTARTS", "LAST EXIT")]
     for s in services:
         state = s["state"] + (" (ready)" if s.get("ready") and s["state"] != "up" else "")
         rows.append(
@@ -188,6 +188,7 @@ def format_status_table(services: list[dict[str, Any]]) -> str:
                 s["name"],
                 state,
                 str(s["pid"]) if s.get("pid") is not None else "-",
+                str(s["init_pid"]) if s.get("init_pid") is not None else "-",
                 format_duration(s.get("uptime")),
                 str(s.get("restarts", 0)),
                 format_last_exit(s),

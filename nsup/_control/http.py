@@ -145,7 +145,7 @@ def render_metrics(sup: Supervisor, now: float | None = None) -> str:
            [(label(n), float(s.pid is not None)) for n, s in statuses.items()])  # fmt: skip
     family("nsup_service_ready", "gauge", "1 while the service is up and ready.",
            [(label(n), float(s.ready)) for n, s in statuses.items()])  # fmt: skip
-    family("nsup_service_restarts_total", "counter", "Automatic restarts of the service.",
+    family("nsup_service_restarts_total", "counter", "Restarts of the service (automatic, group and manual).",
            [(label(n), float(s.restarts)) for n, s in statuses.items()])  # fmt: skip
     family("nsup_service_last_exit_code", "gauge", "Exit code of the last run (128+N for signal N).",
            [(label(n), float(s.last_exit.exit_code)) for n, s in statuses.items() if s.last_exit is not None])  # fmt: skip

@@ -216,6 +216,7 @@ def status_to_dict(status: ServiceStatus) -> dict[str, Any]:
         "name": status.name,
         "state": status.state,
         "pid": status.pid,
+        "init_pid": status.init_pid,
         "started_at": status.started_at,
         "uptime": status.uptime,
         "restarts": status.restarts,

@@ -177,9 +177,16 @@ class ServiceStatus:
         state: ``down``, ``starting``, ``up``, ``stopping``, ``restarting``,
             ``backoff``, ``ended`` or ``failed``; or ``blocked`` while it waits
             for a dependency that cannot meet its condition (see ``blocked``).
-        pid: the child's pid while it runs.
+        pid: the command's pid (in nsup's PID namespace) while it runs;
+            with nsup's init that is the init's child, not the init.
+        init_pid: the pid of nsup's init while it runs, or None (``init =
+            false``, or not running).
         started_at: ``time.time()`` of the last start, or None.
-        restarts: automatic restarts so far.
+        restarts: every restart so far: after an exit its restart rule
+            wanted, as part of a ``one_for_all`` / ``rest_for_one`` group
+            (each instance of the group counts one), a manual ``restart()``
+            / ``nsup restart``, and following its ``namespaces_from`` owner.
+            A ``start()`` after it was stopped or ended is not a restart.
         last_exit: how the last run ended, or None.
         last_reason: why nsup ended or restarted it last (``"health"``,
             ``"ready timeout"``, ``"spawn failed"``, ``"oom"``...), or ``""``.
@@ -207,6 +214,7 @@ class ServiceStatus:
     ready: bool
     status_text: str
     error: str = ""
+    init_pid: int | None = None
     cpu_seconds: float | None = None
     memory_bytes: int | None = None
     memory_peak_bytes: int | None = None
@@ -221,6 +229,44 @@ class ServiceStatus:
         if self.pid is None or self.started_at is None:
             return None
         return max(0.0, time.time() - self.started_at)
+
+
+def host_pid_of_child(parent: int, inner_pid: int) -> int | None:
+    """The pid, in nsup's PID namespace, of *parent*'s descendant whose own pid is *inner_pid*.
+
+    nsup's init reports the command's pid as it sees it (``S<pid>`` on its
+    report pipe), in the init's own PID namespace: inside a new one that is
+    usually 2 and the process's ``NSpid`` (innermost last) maps it back; an
+    init that joined another's namespace (a sidecar) sees nsup's pids.
+    Children first, then their children; None if it is gone.
+    """
+    if inner_pid in _children(parent):
+        return inner_pid
+    level = [parent]
+    for _ in range(3):
+        below = [c for p in level for c in _children(p)]
+        for child in below:
+            if _inner_pid(child) == inner_pid:
+                return child
+        level = below
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _inner_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+            nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+    except OSError:
+        return None
+    return int(nspid[-1]) if nspid else None
 
 
 def _describe(exc: BaseException) -> str:
@@ -272,6 +318,8 @@ class Runner:
         self._nursery: trio.Nursery | None = None
         self._scope = trio.CancelScope()
         self._crashed = False
+        self._command_pid_of: tuple[int, int] | None = None  # (init pid, command pid) cached
+        self._command_host_pid: int | None = None
 
     # --- what the host calls --------------------------------------------------
 
@@ -286,7 +334,10 @@ class Runner:
         return ServiceStatus(
             name=self.name,
             state="blocked" if self.blocked_on is not None else self.state.value,
-            pid=self.proc.pid if running and self.proc is not None else None,
+            pid=self._command_pid() if running else None,
+            init_pid=self.proc.pid
+            if running and self.proc is not None and self.proc.command_pid
+            else None,
             started_at=self.started_at,
             restarts=self.restarts,
             last_exit=self.last_exit,
@@ -302,6 +353,18 @@ class Runner:
             blocked=self.blocked_why,
             completed=conditions.completed(self),
         )
+
+    def _command_pid(self) -> int | None:
+        """The command's pid in nsup's PID namespace (with an init, the init's child)."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.command_pid is None:  # no init: the process is the command
+            return proc.pid
+        if self._command_pid_of != (proc.pid, proc.command_pid):
+            self._command_pid_of = (proc.pid, proc.command_pid)
+            self._command_host_pid = host_pid_of_child(proc.pid, proc.command_pid)
+        return self._command_host_pid
 
     @property
     def running(self) -> bool:
@@ -452,7 +515,8 @@ class Runner:
         elif action is Action.CANCEL_DELAY:
             if self._delay_scope is not None:
                 self._delay_scope.cancel()
-            if event is Input.RESTART:
+            if event is Input.RESTART:  # the pending restart, made now: it counts
+                self.restarts += 1
                 self.send(Input.START)
         elif action is Action.FAIL:
             self.last_reason = "spawn failed"

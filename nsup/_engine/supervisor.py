@@ -46,11 +46,14 @@ from __future__ import annotations
 import shutil
 import time
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
-from .._errors import NsupError
+from .._errors import NsupError, PolicyError
+from .._policy import Policy
+from .._policy.model import PolicyIssue, Service
 from .._rundir import make_runtime_dir
 from .._words import count, duration
 from . import conditions
@@ -62,12 +65,20 @@ from .runner import QUIET, Decision, Runner, ServiceStatus
 from .sockets import ServiceSockets
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
-    from .._policy import Policy, ServiceInstance
+    from .._policy import ServiceInstance
     from .._policy.model import OutputFile, Socket
 
-__all__ = ["QUIET", "SPAWN_CONCURRENCY", "GaveUpError", "Supervisor", "open_supervisor"]
+__all__ = [
+    "QUIET",
+    "SPAWN_CONCURRENCY",
+    "GaveUpError",
+    "NotReadyError",
+    "Supervisor",
+    "SupervisorFinishedError",
+    "open_supervisor",
+]
 
 OUTPUT_DRAIN = 1.0  # seconds stop_all waits for output pipes to reach EOF
 SPAWN_CONCURRENCY = 32  # spawns in flight at once (each holds a few descriptors)
@@ -86,6 +97,35 @@ class GaveUpError(NsupError, RuntimeError):
             f"gave up: {service!r} made more than {count(max_restarts, 'restart')} within "
             f"{duration(within)}; "
             "fix the service or raise [supervisor] max_restarts / within"
+        )
+
+
+class NotReadyError(NsupError, RuntimeError):
+    """A service :meth:`Supervisor.wait_ready` waited for will not be ready.
+
+    ``service`` is the name waited for, ``instance`` the instance that will
+    not be ready, ``state`` its state (``failed``, ``ended``, ``blocked``,
+    ``removed``, or ``finished`` when the supervisor itself finished) and
+    ``reason`` why.
+    """
+
+    def __init__(self, service: str, instance: str, state: str, reason: str) -> None:
+        """Record which instance will not be ready, and why."""
+        self.service = service
+        self.instance = instance
+        self.state = state
+        self.reason = reason
+        super().__init__(f"{instance!r} will not be ready: it is {state}: {reason}")
+
+
+class SupervisorFinishedError(NsupError, RuntimeError):
+    """The supervisor has finished (or is stopping everything): nothing starts any more."""
+
+    def __init__(self, action: str) -> None:
+        """Say which call came too late."""
+        super().__init__(
+            f"cannot {action}: this supervisor has finished (or is stopping every service); "
+            "open a new one with nsup.open_supervisor()"
         )
 
 
@@ -320,10 +360,10 @@ class Supervisor:
             await trio.sleep(delay)
             if self._stopping:
                 return
-            failed.count_restart()
-            for name in group:
+            for name in group:  # each one restarts: each one counts it
                 runner = self.runners.get(name)
                 if runner is not None:
+                    runner.count_restart()
                     runner.send(Input.START)
         finally:
             self._group_busy = False
@@ -378,12 +418,80 @@ class Supervisor:
                 out.append(runner)
         return out
 
+    def _check_open(self, action: str) -> None:
+        if self._stopping or self.done.is_set():
+            raise SupervisorFinishedError(action)
+
     async def start(self, *names: str) -> None:
-        """Start the named services (a service name covers all its instances); wait until settled."""
+        """Start the named services (a service name covers all its instances); wait until settled.
+
+        Settled: up and ready, ended, failed, or blocked on a dependency.  A
+        service that had ended or failed is started anew, and this returns
+        once that new run settled.
+
+        Raises:
+            KeyError: a name is not a service or instance of this supervisor.
+            nsup.SupervisorFinishedError: the supervisor has finished.
+        """
+        self._check_open(f"start {', '.join(names)}")
         runners = self._revive(self._named(names))
+        # A START to a runner that is down, ended or failed spawns (a new
+        # generation): wait for that run, not for the state it is in now.
+        fresh = {r.name: r.generation for r in runners if r.state in QUIET and not r.running}
         for runner in runners:
             runner.send(Input.START)
-        await self._wait_settled(r.name for r in runners)
+        for runner in runners:
+            await runner.wait_for(
+                lambda r: (
+                    (r.generation > fresh.get(r.name, -1) and r.settled)
+                    or r.finished
+                    or self.done.is_set()
+                )
+            )
+
+    async def wait_ready(self, name: str) -> None:
+        """Return once every instance of *name* is up and ready.
+
+        A service already ready returns at once; one starting, restarting or
+        in backoff is waited for.  A oneshot that completed counts as ready.
+
+        Args:
+            name: a service (all its instances) or one instance (``web.1``).
+
+        Raises:
+            KeyError: *name* is not a service or instance of this supervisor.
+            nsup.NotReadyError: it will not be ready without being asked: it
+                ``failed`` (the error says why), ``ended``, is ``blocked`` on
+                a dependency, was removed, or the supervisor finished.
+        """
+        for instance in [r.name for r in self._named([name])]:
+            await self._wait_one_ready(name, instance)
+
+    async def _wait_one_ready(self, name: str, instance: str) -> None:
+        while True:
+            runner = self.runners.get(instance)
+            if runner is None:
+                raise NotReadyError(name, instance, "removed", "it was removed from the supervisor")
+            await runner.wait_for(
+                lambda r: r.state is State.UP or _done(r) or r.finished or self.done.is_set()
+            )
+            if runner.state is State.UP:
+                return
+            if runner.state is State.ENDED and conditions.completed(runner):
+                return
+            if self.done.is_set() or self._stopping:
+                raise NotReadyError(name, instance, "finished", "the supervisor has finished")
+            if runner.finished and self.runners.get(instance) is not runner:
+                continue  # replaced by a reload or a revive: wait for the new runner
+            status = runner.snapshot()
+            reason = (
+                status.error
+                or status.blocked
+                or status.last_reason
+                or (f"its last run ended: {status.last_exit}" if status.last_exit else "")
+                or "it is not running"
+            )
+            raise NotReadyError(name, instance, status.state, reason)
 
     async def stop(self, *names: str) -> None:
         """Stop the named services; return once their processes are reaped."""
@@ -394,7 +502,13 @@ class Supervisor:
             await runner.wait_for(lambda r: r.quiet)
 
     async def restart(self, *names: str) -> None:
-        """Restart the named services now (no backoff, not counted toward intensity); wait until ready."""
+        """Restart the named services now (no backoff, not counted toward intensity); wait until ready.
+
+        Raises:
+            KeyError: a name is not a service or instance of this supervisor.
+            nsup.SupervisorFinishedError: the supervisor has finished.
+        """
+        self._check_open(f"restart {', '.join(names)}")
         runners = self._revive(self._named(names))
         generations = {r.name: r.generation for r in runners}
         for runner in runners:
@@ -440,26 +554,99 @@ class Supervisor:
         async with self._reload_lock:
             if self._stopping:
                 return {"changed": [], "removed": [], "added": []}
-            new = {i.name: i for i in policy.expanded()}
-            removed = [n for n in self.order if n not in new]
-            changed = [n for n in self.order if n in new and new[n] != self._instances[n]]
-            added = [n for n in new if n not in self.runners]
-            self.policy = policy
-            self.intensity.max_restarts = policy.supervisor.max_restarts
-            self.intensity.within = policy.supervisor.within
-            await self._stop_group(removed + changed)
-            for name in removed + changed:
-                self._forget(name)
-            self._close_sockets(keep=policy.services)  # a removed service's, once it is down
-            self.order = list(new)
-            if not self._stopping:
-                for name in changed + added:
-                    self._add(new[name])
-                for name in self.order:
-                    if name in changed or name in added:
-                        self.runners[name].send(Input.START)
+            changed, removed, added = await self._apply(policy)
         await self._wait_settled(changed + added)
         return {"changed": changed, "removed": removed, "added": added}
+
+    async def add(self, name: str, service: Service | Mapping[str, Any]) -> None:
+        """Add the service *name* and start it; return once it settled (see :meth:`start`).
+
+        For a worker per tenant or per job, without a policy file.  The rest
+        of the policy is untouched; adds, removes and reloads are serialised.
+        A later :meth:`reload` with a policy that lacks *name* removes it.
+
+        Args:
+            name: a name no service has yet.
+            service: an :class:`nsup.Service`, or its settings shaped like the
+                TOML table (``{"command": ["./worker", "--tenant", "a"]}``),
+                checked as ``nsup check`` checks a file.
+
+        Raises:
+            nsup.PolicyError: *name* is taken, or *service* is invalid
+                (the message names the key).
+            nsup.SupervisorFinishedError: the supervisor has finished.
+        """
+        self._check_open(f"add {name!r}")
+        async with self._reload_lock:
+            self._check_open(f"add {name!r}")
+            if name in self.policy.services:
+                raise _refusal(
+                    name,
+                    f"a service named {name!r} is already running; "
+                    f"pick another name or remove it first (await sup.remove({name!r}))",
+                )
+            document = self.policy.to_dict()
+            if isinstance(service, Service):
+                one = attrs.evolve(self.policy, services={name: service})
+                document["services"][name] = one.to_dict()["services"][name]
+            else:
+                document["services"][name] = dict(service)
+            policy = Policy.from_dict(document, self.policy.source or "<dict>")
+            _, _, added = await self._apply(policy)
+        await self._wait_settled(added)
+
+    async def remove(self, name: str) -> None:
+        """Stop the service *name* (every instance) and forget it; return once it is reaped.
+
+        Serialised with :meth:`add` and :meth:`reload`.
+
+        Raises:
+            KeyError: *name* is not a service of this supervisor.
+            nsup.PolicyError: other services depend on it or share its
+                namespaces (remove them first, or reload without the link).
+            nsup.SupervisorFinishedError: the supervisor has finished.
+        """
+        self._check_open(f"remove {name!r}")
+        async with self._reload_lock:
+            self._check_open(f"remove {name!r}")
+            if name not in self.policy.services:
+                known = ", ".join(self.policy.services)
+                raise KeyError(f"no service {name!r} in this supervisor (known: {known})")
+            users = [
+                other
+                for other, spec in self.policy.services.items()
+                if other != name and (name in spec.depends_on or spec.namespaces_from == name)
+            ]
+            if users:
+                raise _refusal(
+                    name,
+                    f"{', '.join(map(repr, users))} depend on it or share its namespaces; "
+                    "remove those first, or reload a policy without the link",
+                )
+            services = {n: s for n, s in self.policy.services.items() if n != name}
+            await self._apply(attrs.evolve(self.policy, services=services))
+
+    async def _apply(self, policy: Policy) -> tuple[list[str], list[str], list[str]]:
+        """Move to *policy* (the reload lock held); return (changed, removed, added)."""
+        new = {i.name: i for i in policy.expanded()}
+        removed = [n for n in self.order if n not in new]
+        changed = [n for n in self.order if n in new and new[n] != self._instances[n]]
+        added = [n for n in new if n not in self.runners]
+        self.policy = policy
+        self.intensity.max_restarts = policy.supervisor.max_restarts
+        self.intensity.within = policy.supervisor.within
+        await self._stop_group(removed + changed)
+        for name in removed + changed:
+            self._forget(name)
+        self._close_sockets(keep=policy.services)  # a removed service's, once it is down
+        self.order = list(new)
+        if not self._stopping:
+            for name in changed + added:
+                self._add(new[name])
+            for name in self.order:
+                if name in changed or name in added:
+                    self.runners[name].send(Input.START)
+        return changed, removed, added
 
     async def close_output(self) -> None:
         """Write what output is still queued (for at most OUTPUT_DRAIN seconds), then close it."""
@@ -479,6 +666,13 @@ class Supervisor:
         self._own_intensity.pop(name, None)
         if runner is not None:
             runner.close()
+
+
+def _refusal(name: str, message: str) -> PolicyError:
+    """A PolicyError about the service *name* (``<api>: services.NAME: message``)."""
+    return PolicyError(
+        [PolicyIssue("<api>", f"services.{name}", None, f"services.{name}: {message}")]
+    )
 
 
 def _done(runner: Runner) -> bool:
