@@ -157,7 +157,15 @@ async def test_the_api_output_callback_gets_the_raw_line():
         }
     )
     lines: list[tuple[str, str]] = []
-    async with nsup.open_supervisor(policy, output=lambda n, line: lines.append((n, line))) as sup:
+    arrived = trio.Event()
+
+    def output(name: str, line: str) -> None:
+        lines.append((name, line))
+        arrived.set()
+
+    async with nsup.open_supervisor(policy, output=output) as sup:
+        with trio.fail_after(10):
+            await arrived.wait()  # stopping first could stop printf before it prints
         await sup.stop_all()
     assert lines == [("p", "a\rb")]
 
