@@ -34,9 +34,10 @@ async def test_init_and_zygote_show_short_names(namespaces):
 async def test_a_services_init_shows_the_service_name():
     policy = Policy.from_dict({"services": {"web": {"command": ["sleep", "30"]}}})
     async with open_supervisor(policy, output=lambda _name, _line: None) as sup:
-        pid = sup.status()["web"].pid
-        assert pid is not None
-        assert _shown(pid) == ("nsup-init", "nsup-init: web")
+        status = sup.status()["web"]
+        assert status.init_pid is not None  # ServiceStatus.pid is the command's
+        assert _shown(status.init_pid) == ("nsup-init", "nsup-init: web")
+        assert _shown(status.pid)[0] == "sleep"
 
 
 def test_the_command_sees_its_inits_title_from_the_start():
