@@ -59,22 +59,24 @@ def make_runtime_dir() -> str:
     return path
 
 
+# The inode of the initial PID namespace: a kernel constant (PROC_PID_INIT_INO) since 3.8.
+_INITIAL_PID_NAMESPACE = 0xEFFFFFFC
+
+
 def sees_every_pid() -> bool:
     """True in the initial PID namespace, the only one where any supervisor's pid can be looked up.
 
     Inside a nested PID namespace (a container, ``unshare --pid``) a live
     supervisor outside it has no ``/proc`` entry here, so it would look dead:
     crash cleanup is skipped there rather than risk another supervisor's
-    processes and files.
+    processes and files.  ``NSpid`` cannot tell (``/proc`` mounted for the
+    nested namespace lists only its own pids), so the namespace's own inode
+    is compared with the initial one's.
     """
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return len(line.split()) == 2  # one pid: no ancestor namespace
+        return os.stat("/proc/self/ns/pid").st_ino == _INITIAL_PID_NAMESPACE
     except OSError:
         return False
-    return True  # a kernel without NSpid (< 4.1) has no nested view to worry about
 
 
 def remove_stale_runtime_dirs(base: str | None = None) -> list[str]:

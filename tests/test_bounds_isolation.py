@@ -6,9 +6,11 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import sys
 import time
 
 import pytest
+import trio
 from helpers import PYTHON, run
 from test_control_harness import DEADLINE, NsupRun, write_policy
 
@@ -246,3 +248,25 @@ async def test_root_keeps_its_own_map_when_told():
         proc.kill()
         await proc.wait()
     assert fields["Uid"].split() == ["0"] * 4
+
+
+_CLEANUP_INSIDE = (
+    "from nsup._cgroup import remove_stale_trees\n"
+    "from nsup._rundir import remove_stale_runtime_dirs, sees_every_pid\n"
+    "print(sees_every_pid(), remove_stale_trees(), remove_stale_runtime_dirs())\n"
+)
+
+
+async def test_cleanup_in_a_nested_pid_namespace_touches_nothing():
+    """Regression: inside ``unshare --pid`` a live supervisor outside looked dead and was wiped."""
+    spec = nsup.ProcessSpec(argv=["sleep", "100"], namespaces=[], limits=nsup.Limits(pids=16))
+    async with nsup.spawn(spec) as proc:
+        paths = dict(proc._cgroup.paths) if proc._cgroup is not None else {}
+        if not paths:
+            pytest.skip("no cgroup could be made for the child here")
+        argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _CLEANUP_INSIDE]
+        result = await trio.run_process(argv, capture_stdout=True)
+        assert "False ([], 0) []" == result.stdout.decode().strip()
+        assert all(os.path.isdir(path) for path in paths.values())
+        assert proc.pid in proc._cgroup.members()
+        proc.kill()
