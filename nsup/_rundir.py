@@ -42,10 +42,10 @@ def is_alive(token: str) -> bool:
     return pid_text.isdigit() and owner_token(int(pid_text)) == token.strip()
 
 
-def runtime_base() -> str | None:
-    """Return where runtime directories go: ``$XDG_RUNTIME_DIR``, ``/run`` for root, else None (temp)."""
+def runtime_base() -> str:
+    """Return where runtime directories go: ``$XDG_RUNTIME_DIR``, ``/run`` for root, else the temp dir."""
     return os.environ.get("XDG_RUNTIME_DIR") or (
-        "/run" if os.geteuid() == 0 and os.access("/run", os.W_OK) else None
+        "/run" if os.geteuid() == 0 and os.access("/run", os.W_OK) else tempfile.gettempdir()
     )
 
 
@@ -81,7 +81,7 @@ def sees_every_pid() -> bool:
 
 def remove_stale_runtime_dirs(base: str | None = None) -> list[str]:
     """Remove runtime directories in *base* whose owner is gone; return their paths."""
-    base = base or runtime_base() or tempfile.gettempdir()
+    base = base or runtime_base()
     removed: list[str] = []
     if not sees_every_pid():
         return removed

@@ -26,7 +26,6 @@ dotted key and line of the value, read again from the policy file.
 from __future__ import annotations
 
 import os
-import tempfile
 import tomllib
 from typing import TYPE_CHECKING, Any
 
@@ -259,7 +258,7 @@ def _check_paths(find: _Finder, name: str, service: Service) -> None:
 def _check_notify(find: _Finder, name: str, service: Service) -> None:
     if service.ready is None or service.ready.kind != "notify":
         return
-    base = os.path.normpath(runtime_base() or tempfile.gettempdir())
+    base = os.path.normpath(runtime_base())
     if host_path(service, base) == base:
         return
     key = f"{find.key_of(name, 'ready')}.notify"
