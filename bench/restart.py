@@ -18,7 +18,7 @@ restart delay:
   quiet window;
 - scale: 1,000 ``sleep infinity`` started by one supervisor, then SIGTERM to it.
 
-The targets (DESIGN.md, "Performance targets") are printed with PASS/MISS: a
+The targets (bench/README.md, "The targets") are printed with PASS/MISS: a
 benchmark verdict, not an assertion.  The exit code is 0 whatever the verdict.
 """
 
@@ -744,7 +744,9 @@ def launch(
     if kind.kind == "nsup":
         conf = work / "policy.toml"
         conf.write_text(nsup_toml(nsup_policy(argv, count, kind.namespaces)))
-        cmd = [str(Path(sys.executable).parent / "nsup"), "run", "--log-format", "json", str(conf)]
+        nsup = str(Path(sys.executable).parent / "nsup")
+        # Its own control socket: the default path is shared with any other nsup run here.
+        cmd = [nsup, "run", "--control", str(work / "ctl.sock"), "--log-format", "json", str(conf)]
     elif kind.kind == "supervisord":
         conf = work / "supervisord.conf"
         conf.write_text(supervisord_conf(work, argv, count))
@@ -1208,12 +1210,20 @@ def measure_idle(
 # ---------------------------------------------------------------- 4. scale
 
 
-def measure_scale(procs: Processes, tools: Tools, root: Path, count: int) -> list[dict[str, Any]]:
+def measure_scale(
+    procs: Processes,
+    tools: Tools,
+    root: Path,
+    count: int,
+    *,
+    kinds: list[Kind] | None = None,
+    up_timeout: float | None = None,
+) -> list[dict[str, Any]]:
     """Start *count* ``sleep infinity`` under one supervisor; time all-up and SIGTERM-to-exit."""
     rows = []
     argv = ["sleep", "infinity"]
-    up_timeout = 30.0 + count * 0.15
-    for kind in kinds_for():
+    up_timeout = up_timeout or 30.0 + count * 0.15
+    for kind in kinds or kinds_for():
         why = available(kind, tools)
         if why is not None:
             rows.append(error_row(kind, why))
@@ -1272,7 +1282,7 @@ def measure_scale(procs: Processes, tools: Tools, root: Path, count: int) -> lis
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, str]]:
-    """PASS/MISS of every DESIGN.md target this script measures."""
+    """PASS/MISS of every target (bench/README.md) this script measures."""
     out = []
 
     def nsup_rows(section: str) -> Iterator[dict[str, Any]]:
@@ -1428,7 +1438,7 @@ def print_report(result: dict[str, Any]) -> None:
     print_scale(result)
     for note in result["notes"]:
         print(f"note: {note}")
-    print("\ntargets (DESIGN.md):")
+    print("\ntargets (bench/README.md):")
     for t in result["targets"]:
         print(f"  {t['verdict']:<5} {t['target']}: {t['value']}")
 

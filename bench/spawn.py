@@ -1,4 +1,4 @@
-# ruff: noqa: CPY001  # no copyright headers in this project (every nsup/ file trips it too)
+# no copyright headers in this project (every nsup/ file trips it too)
 """Spawn latency and init memory of nsup, side by side with unshare, bwrap and subprocess.
 
 Run as root from the repository (the venv's Python has nsup installed)::
@@ -15,7 +15,7 @@ Memory: 20 children ``sleep 60`` are started through the API with nsup's init
 as PID 1, and the init's PSS is read from ``/proc/<pid>/smaps_rollup``; tini
 (if installed) is measured the same way for scale.
 
-The targets (DESIGN.md, "Performance targets") are printed with PASS/MISS: a
+The targets (bench/README.md, "The targets") are printed with PASS/MISS: a
 benchmark verdict, not an assertion.  The exit code is 0 whatever the verdict.
 """
 
