@@ -172,16 +172,22 @@ async def test_cpu_quota_throttles_a_busy_loop():
 
 
 async def test_unlimited_busy_loop_is_not_throttled():
-    """The control for the test above: no quota, the same loop gets a whole core."""
+    """The control for the test above: no quota, the same loop is never throttled.
+
+    Asserted on the cgroup's throttling counters, not on the share of a core the loop
+    got: on a loaded machine that share says more about the neighbours than about nsup.
+    """
     spec = nsup.ProcessSpec(argv=[PYTHON, "-I", "-S", "-c", _BUSY], stdin="pipe", stdout="pipe")
     async with nsup.spawn(spec) as proc:
-        wall = float(await read_line(proc.stdout))
+        await read_line(proc.stdout)  # the loop has run its second
         stats = proc.statistics()
         await proc.stdin.aclose()
         await proc.wait()
     if stats.cpu_seconds is None:
         pytest.skip("no cgroup hierarchy here counts a child's CPU time")
-    assert stats.cpu_seconds / wall >= 0.6
+    assert stats.cpu_seconds > 0
+    assert stats.cpu_periods_throttled in {0, None}
+    assert stats.cpu_throttled_seconds in {0, None}
 
 
 # --- rlimits --------------------------------------------------------------------
