@@ -78,7 +78,9 @@ async def test_backoff_delays_follow_the_policy(recorded):
     exited = rec.of("exited", "crash")
     gaps = [started[i + 1].time - exited[i].time for i in range(3)]
     for gap, expected in zip(gaps, [0.1, 0.2, 0.4], strict=True):
-        assert expected - 0.01 <= gap <= expected + 0.15, gaps
+        # Never early; late only by a spawn (loose: a loaded machine delays spawns, and the
+        # exact delays are asserted on the restarting events below).
+        assert expected - 0.01 <= gap <= 2 * expected + 0.3, gaps
     assert [e.delay for e in rec.of("restarting", "crash")[:3]] == pytest.approx([0.1, 0.2, 0.4])
 
 
