@@ -262,8 +262,10 @@ def test_a_service_that_ignores_its_stop_signal_is_reported(pytester):
         pytester,
         """
         async def test_stubborn_service(nsup_supervisor):
-            command = ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"]
-            service = {"command": command, "namespaces": [], "stop": {"timeout": "0.3s"}}
+            # Ready once the trap is set: a SIGTERM before it would end the shell at once.
+            command = ["sh", "-c", "trap '' TERM; echo trapped; while :; do sleep 0.1; done"]
+            service = {"command": command, "namespaces": [], "stop": {"timeout": "0.3s"},
+                       "ready": {"log": "trapped"}}
             await nsup_supervisor({"services": {"stubborn": service}})
         """,
     )
