@@ -52,7 +52,7 @@ import os
 import signal
 import time
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 import attrs
 import trio
@@ -371,6 +371,7 @@ def _remove_bases() -> None:
 atexit.register(_remove_bases)
 
 
+@final
 @attrs.frozen
 class CgroupStatistics:
     """What a child's cgroup has counted; ``None`` where no hierarchy counts it.

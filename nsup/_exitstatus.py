@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal as _signal
+from typing import final
 
 import attrs
 
@@ -12,6 +13,7 @@ __all__ = ["ExitStatus"]
 _CLD_EXITED = 1
 
 
+@final
 @attrs.frozen
 class ExitStatus:
     """How a process ended: exactly one of *code* and *signal* is set.

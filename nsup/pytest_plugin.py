@@ -269,7 +269,9 @@ class _Supervised:
         self.finished = trio.Event()
 
     def pids(self) -> set[int]:
-        return {r.proc.pid for r in self.sup.runners.values() if r.proc is not None}
+        # The process nsup started for each instance: the init when there is one.
+        statuses = self.sup.status().values()
+        return {pid for s in statuses if (pid := s.init_pid or s.pid) is not None}
 
     async def stop(self) -> None:
         self.stop_requested.set()
@@ -374,11 +376,11 @@ class _Harness:
         task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with trio.open_nursery() as nursery:
-            sup = Supervisor(policy, nursery, output)
+            sup = Supervisor._create(policy, nursery, output)  # noqa: SLF001 - the metaclass's private constructor
             handle = _Supervised(sup)
             self.supervisors.append(handle)
             try:
-                await sup.start_all()
+                await sup._start_all()  # noqa: SLF001 - the harness runs its own supervisor
                 if sup.gave_up is None:
                     task_status.started(sup)
                     await _until_stopped(handle)
@@ -401,7 +403,7 @@ class _Harness:
             # Ends when stop_all() closes the bus.
             killed.extend([event async for event in events if event.kind == "killed"])
 
-        commands = {name: runner.instance.spec.command for name, runner in sup.runners.items()}
+        commands = {i.name: i.spec.command for i in sup.policy.expanded()}
         async with trio.open_nursery() as nursery:
             await nursery.start(collect)
             await sup.stop_all()
@@ -483,7 +485,7 @@ async def _until_stopped(handle: _Supervised) -> None:
     async with trio.open_nursery() as nursery:
 
         async def watch_give_up() -> None:
-            await handle.sup.done.wait()
+            await handle.sup.wait_finished()
             if handle.sup.gave_up is not None:
                 nursery.cancel_scope.cancel()
 

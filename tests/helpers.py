@@ -58,7 +58,7 @@ async def run_once(policy_dict: dict, view: Any = None) -> list:
     events = []
     done = trio.Event()
     async with trio.open_nursery() as nursery:
-        sup = Supervisor(pol, nursery, view)
+        sup = Supervisor._create(pol, nursery, view)
         if view is not None:
             nursery.start_soon(view.writer.run)
 
@@ -74,14 +74,14 @@ async def run_once(policy_dict: dict, view: Any = None) -> list:
 
         nursery.start_soon(collect)
         await trio.testing.wait_all_tasks_blocked()  # subscribed before the first event
-        await sup.start_all()
+        await sup._start_all()
         with trio.fail_after(120):
             await done.wait()
         await sup.stop_all()  # waits for the output pipes to reach EOF
         if view is not None:
             with trio.fail_after(10):
                 await view.writer.flush()
-        await sup.close_output()
+        await sup._close_output()
         nursery.cancel_scope.cancel()
     return events
 

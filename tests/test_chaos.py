@@ -47,7 +47,7 @@ def sleepers(count: int, **extra) -> dict:
 
 
 async def supervise(nursery: trio.Nursery, pol: Policy, output=None) -> tuple[Supervisor, Events]:
-    sup = Supervisor(pol, nursery, output or (lambda _name, _line: None))
+    sup = Supervisor._create(pol, nursery, output or (lambda _name, _line: None))
     events = Events()
     await nursery.start(events.run, sup)
     return sup, events
@@ -78,14 +78,14 @@ async def test_an_output_callback_that_raises_fails_only_that_service():
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             sup, events = await supervise(nursery, pol, output)
-            nursery.start_soon(sup.start_all)
+            nursery.start_soon(sup._start_all)
             [failed] = await events.wait("failed", "loud")
             status = sup.status()
             assert status["loud"].state == "failed"
             assert "ValueError: sink refused 'hello'" in status["loud"].error
             assert "ValueError" in failed.message
             assert status["loud"].pid is None  # its process was stopped
-            await sup.runners["quiet"].wait_ready()
+            await sup._runners["quiet"].wait_ready()
             assert sup.status()["quiet"].state == "up"
             await sup.stop_all()
             nursery.cancel_scope.cancel()
@@ -112,7 +112,7 @@ async def test_a_missing_command_fails_at_once_and_is_not_retried():
     async with trio.open_nursery() as nursery:
         sup, events = await supervise(nursery, pol)
         with trio.fail_after(30):
-            await sup.start_all()
+            await sup._start_all()
         status = sup.status()["app"]
         assert status.state == "failed"
         assert "not found" in status.error
@@ -121,7 +121,7 @@ async def test_a_missing_command_fails_at_once_and_is_not_retried():
         await sup.stop_all()
         nursery.cancel_scope.cancel()
     # Every service ended and one failed: the supervisor is done.
-    assert sup.done.is_set()
+    assert sup.finished
 
 
 async def test_transient_spawn_failures_back_off(monkeypatch):
@@ -133,7 +133,7 @@ async def test_transient_spawn_failures_back_off(monkeypatch):
     pol = policy({"app": {"command": ["true"], "backoff": backoff, **BARE}}, max_restarts=100)
     async with trio.open_nursery() as nursery:
         sup, events = await supervise(nursery, pol)
-        nursery.start_soon(sup.start_all)
+        nursery.start_soon(sup._start_all)
         delays = [e.delay for e in await events.wait("restarting", "app", count=4)][:4]
         assert delays == pytest.approx([0.01, 0.02, 0.04, 0.08])
         await sup.stop_all()
@@ -147,7 +147,7 @@ async def test_backoff_never_overflows_past_restart_1024():
     )
     async with trio.open_nursery() as nursery:
         sup, events = await supervise(nursery, pol)
-        nursery.start_soon(sup.start_all)
+        nursery.start_soon(sup._start_all)
         await events.wait("restarting", "crash")
         with trio.fail_after(120):
             while sup.status()["crash"].restarts <= 1100:
@@ -169,13 +169,13 @@ async def test_fail_service_gives_up_on_one_service_and_the_rest_run_on():
     )
     async with trio.open_nursery() as nursery:
         sup, events = await supervise(nursery, pol)
-        nursery.start_soon(sup.start_all)
+        nursery.start_soon(sup._start_all)
         [failed] = await events.wait("failed", "flappy")
         assert "gave up" in failed.message
         assert sup.status()["flappy"].state == "failed"
         assert sup.status()["steady"].state == "up"
         assert sup.gave_up is None
-        assert not sup.done.is_set()
+        assert not sup.finished
         await sup.stop_all()
         nursery.cancel_scope.cancel()
 

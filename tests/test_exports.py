@@ -88,6 +88,7 @@ NO_PUBLIC_CONSTRUCTOR = [
         nsup.testing.Worker,
         "nsup.testing.Worker has no public constructor; use the nsup_spawn fixture",
     ),
+    (nsup.Supervisor, "nsup.Supervisor has no public constructor; use nsup.open_supervisor()"),
 ]
 
 
@@ -130,3 +131,39 @@ def test_tracebacks_name_the_public_class():
     with pytest.raises(nsup.SpecError) as info:
         nsup.ProcessSpec(argv=[])
     assert "nsup.SpecError" == f"{type(info.value).__module__}.{type(info.value).__qualname__}"
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        nsup.Supervisor,
+        nsup.ServiceStatus,
+        nsup.Event,
+        nsup.ExitStatus,
+        nsup.CgroupStatistics,
+        nsup.ServiceInstance,
+    ],
+)
+def test_what_nsup_hands_out_is_final(cls):
+    assert getattr(cls, "__final__", False), f"{cls.__qualname__} is not @final"
+
+
+def test_the_supervisor_shows_only_its_api():
+    """Its state is private: no public attribute a user could rebind or mutate."""
+    public = {n for n in vars(nsup.Supervisor) if not n.startswith("_")}
+    api = {
+        "status", "failed", "start", "stop", "restart", "signal", "events", "reload",
+        "add", "remove", "wait_ready", "stop_all", "reopen_logs", "wait_finished",
+        "policy", "started_at", "stopping", "finished", "gave_up",
+    }  # fmt: skip
+    # What its runners ask (nsup._engine.runner.RunnerHost): the engine's, not API.
+    host = {
+        "notify_dir", "spawn_limiter", "emit", "publish", "output", "log_sink",
+        "output_opened", "output_closed", "dependency", "dependents", "listen_fds",
+        "wait_runners_changed", "on_exit", "state_changed",
+    }  # fmt: skip
+    assert api | host == public
+    for name in ("policy", "started_at", "stopping", "finished", "gave_up"):
+        prop = vars(nsup.Supervisor)[name]
+        assert isinstance(prop, property), name
+        assert prop.fset is None, f"{name} is writable"

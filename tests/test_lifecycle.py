@@ -353,7 +353,7 @@ async def test_sidecar_of_an_owner_that_ended_is_blocked():
     with trio.fail_after(20):
         async with nsup.open_supervisor(policy) as sup:
             # The sidecar may have joined web's short life first: wait until it is blocked.
-            await sup.runners["side"].wait_for(lambda r: r.blocked_on is not None)
+            await sup._runners["side"].wait_for(lambda r: r.blocked_on is not None)
             side = sup.status()["side"]
     assert ("blocked", None) == (side.state, side.pid)
     assert (

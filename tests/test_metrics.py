@@ -59,7 +59,7 @@ async def test_figures_match_the_cgroup_files():
         }
     )
     async with nsup.open_supervisor(policy) as sup:
-        proc = sup.runners["web"].proc
+        proc = sup._runners["web"].proc
         assert proc is not None
         cgroup = proc._cgroup
         if cgroup is None:
@@ -99,7 +99,7 @@ async def test_no_figures_once_ended():
     policy = nsup.Policy.from_dict({"services": {"job": {"command": "true", "restart": "never"}}})
     async with nsup.open_supervisor(policy) as sup:
         with trio.fail_after(10):
-            await sup.done.wait()  # every service has ended
+            await sup.wait_finished()  # every service has ended
         status = sup.status()["job"]
         text = render_metrics(sup)
     assert "ended" == status.state

@@ -371,7 +371,7 @@ async def test_a_service_without_sockets_sees_no_listen_variables(monkeypatch):
     )
     async with nsup.open_supervisor(policy, output=lambda _n, line: got.append(line)) as sup:
         with trio.fail_after(10):
-            await sup.done.wait()
+            await sup.wait_finished()
     assert ["unset"] == got
 
 

@@ -33,11 +33,11 @@ async def recorded():
                 if lines is not None
                 else (lambda name, line: None)
             )
-            sup = Supervisor(pol, nursery, sink)
+            sup = Supervisor._create(pol, nursery, sink)
             supervisors.append(sup)
             rec = Recorder()
             await nursery.start(rec.run, sup)
-            await sup.start_all()
+            await sup._start_all()
             return sup, rec
 
         yield start
@@ -65,7 +65,7 @@ async def test_restart_rules(recorded, rule, code, restarts):
         assert rec.of("restarting", "job")[0].delay == pytest.approx(0.01)
     else:
         with trio.fail_after(10):
-            await sup.runners["job"].wait_for(lambda r: r.state is State.ENDED)
+            await sup._runners["job"].wait_for(lambda r: r.state is State.ENDED)
         assert rec.of("restarting", "job") == []
     assert rec.of("exited", "job")[0].status == nsup.ExitStatus(code=code)
 
@@ -371,5 +371,5 @@ async def test_supervisor_ends_when_every_service_ended():
     )
     async with open_supervisor(pol, output=lambda n, l: None) as sup:
         with trio.fail_after(10):
-            await sup.done.wait()
+            await sup.wait_finished()
         assert {s.state for s in sup.status().values()} == {"ended"}

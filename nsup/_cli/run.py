@@ -228,7 +228,7 @@ def _reopen_logs(sup: Supervisor, log: _Logger) -> None:
     errors = sup.reopen_logs()
     for error in errors:
         log.line(f"could not reopen a log file: {error}")
-    log.line(f"reopened {len(sup.routes.files.files)} log files")
+    log.line(f"reopened {len(sup._log_files())} log files")  # noqa: SLF001 - nsup's own front end
 
 
 async def _main(
@@ -255,10 +255,10 @@ async def _main(
             out.on_drop = lambda name, n: log.line(f"dropped {n} lines of {name}", service=name)
             nursery.start_soon(out.run)
             view = PrefixView(out, timestamps=policy.supervisor.timestamps, json=log.fmt == "json")
-            sup = Supervisor(policy, nursery, view)
+            sup = Supervisor._create(policy, nursery, view)  # noqa: SLF001 - the metaclass's private constructor
             # A listener, not a subscription: nsup's own log is never dropped for lagging
             # (log.event only queues the line for the bounded stderr writer).
-            sup.bus.add_listener(log.event)
+            sup._add_listener(log.event)  # noqa: SLF001 - nsup's own log
             log.line(
                 f"running {path}: {count(len(policy.expanded()), 'service')}, pid {os.getpid()}",
                 pid=os.getpid(),
@@ -294,7 +294,7 @@ async def _main(
                         nursery.start_soon(sup.stop_all)
 
             nursery.start_soon(handle_signals)
-            await sup.done.wait()
+            await sup.wait_finished()
             signalled = server.stopping
             server.stopping = True  # /readyz is 503 from here on, whatever the cause
             parent.stopping(str(sup.gave_up) if sup.gave_up else "every service has ended")

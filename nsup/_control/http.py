@@ -151,13 +151,13 @@ def render_metrics(sup: Supervisor, now: float | None = None) -> str:
            [(label(n), float(s.last_exit.exit_code)) for n, s in statuses.items() if s.last_exit is not None])  # fmt: skip
     family("nsup_service_start_time_seconds", "gauge", "Unix time of the service's last start.",
            [(label(n), s.started_at) for n, s in statuses.items() if s.started_at is not None])  # fmt: skip
-    dropped = sup.writer.dropped if sup.writer is not None else {}
+    dropped = sup._output_dropped()  # noqa: SLF001 - nsup's own front end
     family("nsup_service_output_dropped_lines_total", "counter",
            "Lines of the service's output dropped because nsup's stdout was not read fast enough.",
            [(label(n), float(dropped.get(n, 0))) for n in statuses])  # fmt: skip
     family("nsup_log_dropped_lines_total", "counter",
            "Lines a log file, the journal or syslog did not take (a failed write, an absent or full receiver).",
-           [(f'{{target="{_escape(t)}"}}', float(n)) for t, n in sorted(sup.routes.dropped().items())])  # fmt: skip
+           [(f'{{target="{_escape(t)}"}}', float(n)) for t, n in sorted(sup._log_dropped().items())])  # fmt: skip  # noqa: SLF001
     states = (
         "down",
         "starting",
@@ -284,7 +284,7 @@ class HealthServer:
             return 405, [*text, "Allow: GET, HEAD"], b"only GET and HEAD\n", False
         head_only = method == b"HEAD"
         # From the moment a stop begins (a signal, a give-up, the last service ending).
-        stopping = self._stopping() or self.sup.gave_up is not None or self.sup.done.is_set()
+        stopping = self._stopping() or self.sup.gave_up is not None or self.sup.finished
         if target == "/healthz":
             return 200, text, b"stopping\n" if stopping else b"ok\n", head_only
         if target == "/readyz":

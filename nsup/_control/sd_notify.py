@@ -165,10 +165,10 @@ class ParentNotifier:
         async with trio.open_nursery() as nursery:
             if self.watchdog_period is not None and self.enabled:
                 nursery.start_soon(self._watchdog, self.watchdog_period)
-            await sup.start_all()
+            await sup._start_all()  # noqa: SLF001 - nsup run starts its own supervisor
             if not self.enabled:
                 return
-            if not stopping() and sup.gave_up is None and not sup.done.is_set():
+            if not stopping() and sup.gave_up is None and not sup.finished:
                 self.ready(summary(sup))
             while True:
                 await trio.sleep(STATUS_PERIOD)

@@ -494,7 +494,7 @@ class ControlServer:
     # --- commands ---------------------------------------------------------------
 
     def _is_stopping(self) -> bool:
-        return self.stopping or self.sup.gave_up is not None or self.sup.done.is_set()
+        return self.stopping or self.sup.gave_up is not None or self.sup.finished
 
     def _names(self, request: dict[str, Any], *, required: bool) -> list[str]:
         names = request.get("names", [])
@@ -511,7 +511,7 @@ class ControlServer:
             if name not in known and not any(k.rpartition(".")[0] == name for k in known):
                 raise _RequestError(
                     "unknown_service",
-                    f"no service {name!r} in this supervisor (known: {', '.join(self.sup.order)})",
+                    f"no service {name!r} in this supervisor (known: {', '.join(self.sup.status())})",
                     service=name,
                 )
         return names
@@ -579,7 +579,7 @@ class ControlServer:
         errors = self.sup.reopen_logs()
         if errors:
             raise _RequestError("reopen_failed", f"could not reopen: {'; '.join(errors)}")
-        return {"files": sorted(self.sup.routes.files.files)}
+        return {"files": sorted(self.sup._log_files())}  # noqa: SLF001 - nsup's own front end
 
     async def _cmd_reload(self, request: dict[str, Any]) -> dict[str, Any]:
         del request

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, final
 
 import attrs
 import trio
@@ -38,6 +38,7 @@ EventKind = Literal[
 ]
 
 
+@final
 @attrs.frozen
 class Event:
     """One thing that happened to a service.

@@ -40,7 +40,7 @@ import math
 import os
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
 import attrs
 import trio
@@ -168,6 +168,7 @@ class RunnerHost(Protocol):
         ...
 
 
+@final
 @attrs.frozen
 class ServiceStatus:
     """A snapshot of one instance, as ``Supervisor.status()`` and ``nsup status`` show it.

@@ -46,7 +46,7 @@ from __future__ import annotations
 import shutil
 import time
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 import trio
@@ -55,6 +55,7 @@ from .._errors import NsupError, PolicyError
 from .._policy import Policy
 from .._policy.model import PolicyIssue, Service
 from .._rundir import make_runtime_dir
+from .._util import NoPublicConstructor
 from .._words import count, duration
 from . import conditions
 from .events import Event, EventBus, Subscription
@@ -129,12 +130,20 @@ class SupervisorFinishedError(NsupError, RuntimeError):
         )
 
 
-class Supervisor:
+@final
+class Supervisor(metaclass=NoPublicConstructor):
     """A running policy.  Made by :func:`open_supervisor` (or ``nsup run``).
 
+    Only :func:`open_supervisor` makes one (internally
+    ``Supervisor._create(policy, nursery, output)``, then ``_start_all()``).
+    Its state is private; what a user may read is the read-only properties
+    (``policy``, ``started_at``, ``stopping``, ``finished``, ``gave_up``).
+
     It is the :class:`~nsup._engine.runner.RunnerHost` of its runners: the
-    methods under "what runners ask" are that interface.
+    methods under "what runners ask" are that interface, not API.
     """
+
+    _made_by = "nsup.open_supervisor()"
 
     def __init__(
         self,
@@ -143,19 +152,19 @@ class Supervisor:
         output: Callable[[str, str], None] | PrefixView | None = None,
     ) -> None:
         """Prepare runners for *policy*; nothing starts until :meth:`start_all`."""
-        self.policy = policy
+        self._policy = policy
         self._nursery = nursery
-        self._output, self.writer = output_sink(output, nursery, policy.supervisor.timestamps)
-        self.routes = OutputRoutes(self._output)
-        self.bus = EventBus()
-        self.runtime_dir = make_runtime_dir()
-        self.runners: dict[str, Runner] = {}
-        self.order: list[str] = []
-        self.intensity = Intensity(policy.supervisor.max_restarts, policy.supervisor.within)
+        self._output, self._writer = output_sink(output, nursery, policy.supervisor.timestamps)
+        self._routes = OutputRoutes(self._output)
+        self._bus = EventBus()
+        self._runtime_dir = make_runtime_dir()
+        self._runners: dict[str, Runner] = {}
+        self._order: list[str] = []
+        self._intensity = Intensity(policy.supervisor.max_restarts, policy.supervisor.within)
         self._own_intensity: dict[str, Intensity] = {}  # per instance, for fail-service
-        self.gave_up: GaveUpError | None = None
-        self.done = trio.Event()
-        self.started_at = time.time()
+        self._gave_up: GaveUpError | None = None
+        self._done = trio.Event()
+        self._started_at = time.time()
         self._stopping = False
         self._group_busy = False
         self._instances: dict[str, ServiceInstance] = {}
@@ -168,38 +177,62 @@ class Supervisor:
         self._failed_at_end: list[str] = []  # failed() when everything had ended by itself
 
     @property
+    def policy(self) -> Policy:
+        """The policy it runs now: the one it was opened with, as changed by reload, add and remove."""
+        return self._policy
+
+    @property
+    def started_at(self) -> float:
+        """When it was made (Unix time)."""
+        return self._started_at
+
+    @property
     def stopping(self) -> bool:
         """True once :meth:`stop_all` began (nothing new starts after that)."""
         return self._stopping
+
+    @property
+    def finished(self) -> bool:
+        """True once it has finished: every service ended by itself, it gave up, or it was stopped."""
+        return self._done.is_set()
+
+    @property
+    def gave_up(self) -> GaveUpError | None:
+        """The :class:`nsup.GaveUpError` if restart intensity was exceeded, else None."""
+        return self._gave_up
+
+    async def wait_finished(self) -> None:
+        """Return once it has finished (see :attr:`finished`)."""
+        await self._done.wait()
 
     # --- life cycle -----------------------------------------------------------
 
     def _add(self, instance: ServiceInstance) -> Runner:
         """Make a runner for *instance* and start its task (``start_soon``: never waits)."""
         runner = Runner(self, instance)
-        self.runners[instance.name] = runner
+        self._runners[instance.name] = runner
         self._instances[instance.name] = instance
         self._nursery.start_soon(runner.run, name=f"nsup runner {instance.name}")
         self._runners_changed.set()
         self._runners_changed = trio.Event()
         return runner
 
-    async def start_all(self) -> None:
+    async def _start_all(self) -> None:
         """Start every instance; return once all are settled (up, ended, failed, or nsup gave up)."""
         if self._stopping:
             return
-        for instance in self.policy.expanded():
+        for instance in self._policy.expanded():
             self._add(instance)
-            self.order.append(instance.name)
-        for name in self.order:
-            self.runners[name].send(Input.START)
-        await self._wait_settled(self.order)
+            self._order.append(instance.name)
+        for name in self._order:
+            self._runners[name].send(Input.START)
+        await self._wait_settled(self._order)
 
     async def _wait_settled(self, names: Iterable[str]) -> None:
         for name in list(names):
-            runner = self.runners.get(name)
+            runner = self._runners.get(name)
             if runner is not None:
-                await runner.wait_for(lambda r: r.settled or self.done.is_set())
+                await runner.wait_for(lambda r: r.settled or self._done.is_set())
 
     async def stop_all(self) -> None:
         """Stop every instance, dependents first; return once every process is reaped.
@@ -209,7 +242,7 @@ class Supervisor:
         """
         self._stopping = True
         async with self._reload_lock:  # a reload in flight finishes (it stops early) first
-            while busy := [n for n, r in self.runners.items() if not r.quiet]:
+            while busy := [n for n, r in self._runners.items() if not r.quiet]:
                 await self._stop_group(busy)
         # Print what the services wrote before they died.  A descendant that
         # escaped (no PID namespace) may hold a pipe open: wait a little only.
@@ -217,7 +250,7 @@ class Supervisor:
             while self._pumps:
                 await self._pumps_changed.wait()
         self._finish()
-        for runner in self.runners.values():
+        for runner in self._runners.values():
             runner.close()
 
     async def _stop_group(self, names: list[str]) -> None:
@@ -228,10 +261,10 @@ class Supervisor:
 
     def dependents(self, name: str) -> list[Runner]:
         """The runners whose instance depends on *name* (part of the runner host)."""
-        return [r for r in self.runners.values() if name in r.instance.depends_on]
+        return [r for r in self._runners.values() if name in r.instance.depends_on]
 
     async def _stop_one(self, name: str, members: set[str]) -> None:
-        runner = self.runners.get(name)
+        runner = self._runners.get(name)
         if runner is None:
             return
         for dependent in self.dependents(name):
@@ -241,18 +274,18 @@ class Supervisor:
         await runner.wait_for(lambda r: r.quiet)
 
     def _finish(self) -> None:
-        if not self.done.is_set():
+        if not self._done.is_set():
             self._close_sockets(keep=())
-            self.done.set()
-            self.bus.close()
-            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            self._done.set()
+            self._bus.close()
+            shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
     # --- what runners ask (the RunnerHost interface) ------------------------------
 
     @property
     def notify_dir(self) -> str:
         """Where runners bind notify sockets."""
-        return self.runtime_dir
+        return self._runtime_dir
 
     @property
     def spawn_limiter(self) -> trio.CapacityLimiter:
@@ -261,7 +294,7 @@ class Supervisor:
 
     def emit(self, event: Event) -> None:
         """Hand *event* to every subscriber."""
-        self.bus.publish(event)
+        self._bus.publish(event)
 
     publish = emit
 
@@ -271,7 +304,7 @@ class Supervisor:
 
     def log_sink(self, target: str | OutputFile, pid: int) -> Callable[[Line], None]:
         """Route one stream of a service: the terminal view, a log file, journald or syslog."""
-        return self.routes.sink(target, pid)
+        return self._routes.sink(target, pid)
 
     def output_opened(self) -> None:
         """Count an output pipe being read."""
@@ -285,7 +318,7 @@ class Supervisor:
 
     def dependency(self, name: str) -> Runner | None:
         """The current runner of *name*, if any."""
-        return self.runners.get(name)
+        return self._runners.get(name)
 
     def listen_fds(self, service: str, specs: Sequence[Socket]) -> list[tuple[str, int]]:
         """The bound sockets of *service*: bound at its first start, held until it is removed.
@@ -317,7 +350,7 @@ class Supervisor:
         """Decide what follows an exit that *runner*'s restart rule wants restarted."""
         if self._stopping:
             return "give_up", ""
-        sup = self.policy.supervisor
+        sup = self._policy.supervisor
         now = time.monotonic()
         if sup.on_give_up == "fail-service":
             own = self._own_intensity.setdefault(
@@ -331,16 +364,16 @@ class Supervisor:
                     "(on_give_up = fail-service); `nsup start` tries again"
                 )
                 return "fail", message
-        elif self.intensity.record(now):
-            self.gave_up = GaveUpError(runner.name, sup.max_restarts, sup.within)
-            self.emit(Event(kind="gave_up", service=runner.name, message=str(self.gave_up)))
+        elif self._intensity.record(now):
+            self._gave_up = GaveUpError(runner.name, sup.max_restarts, sup.within)
+            self.emit(Event(kind="gave_up", service=runner.name, message=str(self._gave_up)))
             self._nursery.start_soon(self.stop_all)
             return "give_up", ""
         strategy = sup.strategy
         if strategy == "one_for_one" or self._group_busy:
             return "restart", ""
-        index = self.order.index(runner.name)
-        group = self.order if strategy == "one_for_all" else self.order[index:]
+        index = self._order.index(runner.name)
+        group = self._order if strategy == "one_for_all" else self._order[index:]
         self._nursery.start_soon(self._restart_group, runner, list(group))
         return "group", ""
 
@@ -361,7 +394,7 @@ class Supervisor:
             if self._stopping:
                 return
             for name in group:  # each one restarts: each one counts it
-                runner = self.runners.get(name)
+                runner = self._runners.get(name)
                 if runner is not None:
                     runner.count_restart()
                     runner.send(Input.START)
@@ -371,9 +404,9 @@ class Supervisor:
     def state_changed(self, runner: Runner) -> None:
         """Called after every change: notice when nothing is left to run."""
         del runner
-        if self._stopping or self._group_busy or self.done.is_set():
+        if self._stopping or self._group_busy or self._done.is_set():
             return
-        if self.runners and all(_done(r) for r in self.runners.values()):
+        if self._runners and all(_done(r) for r in self._runners.values()):
             self._failed_at_end = self.failed()  # stopping the blocked ones unblocks them
             self._finish()
 
@@ -381,7 +414,9 @@ class Supervisor:
 
     def status(self) -> dict[str, ServiceStatus]:
         """A snapshot of every instance, in dependency order."""
-        return {name: self.runners[name].snapshot() for name in self.order if name in self.runners}
+        return {
+            name: self._runners[name].snapshot() for name in self._order if name in self._runners
+        }
 
     def failed(self) -> list[str]:
         """The instances that failed.
@@ -391,18 +426,18 @@ class Supervisor:
         """
         return [
             n
-            for n in self.order
-            if n in self._failed_at_end or (n in self.runners and _failed(self.runners[n]))
+            for n in self._order
+            if n in self._failed_at_end or (n in self._runners and _failed(self._runners[n]))
         ]
 
     def _named(self, names: Iterable[str]) -> list[Runner]:
         found = []
         for name in names:
             matches = [
-                r for n, r in self.runners.items() if n == name or n.rpartition(".")[0] == name
+                r for n, r in self._runners.items() if n == name or n.rpartition(".")[0] == name
             ]
             if not matches:
-                known = ", ".join(self.order)
+                known = ", ".join(self._order)
                 raise KeyError(f"no service {name!r} in this supervisor (known: {known})")
             found.extend(matches)
         return found
@@ -419,7 +454,7 @@ class Supervisor:
         return out
 
     def _check_open(self, action: str) -> None:
-        if self._stopping or self.done.is_set():
+        if self._stopping or self._done.is_set():
             raise SupervisorFinishedError(action)
 
     async def start(self, *names: str) -> None:
@@ -445,7 +480,7 @@ class Supervisor:
                 lambda r: (
                     (r.generation > fresh.get(r.name, -1) and r.settled)
                     or r.finished
-                    or self.done.is_set()
+                    or self._done.is_set()
                 )
             )
 
@@ -469,19 +504,19 @@ class Supervisor:
 
     async def _wait_one_ready(self, name: str, instance: str) -> None:
         while True:
-            runner = self.runners.get(instance)
+            runner = self._runners.get(instance)
             if runner is None:
                 raise NotReadyError(name, instance, "removed", "it was removed from the supervisor")
             await runner.wait_for(
-                lambda r: r.state is State.UP or _done(r) or r.finished or self.done.is_set()
+                lambda r: r.state is State.UP or _done(r) or r.finished or self._done.is_set()
             )
             if runner.state is State.UP:
                 return
             if runner.state is State.ENDED and conditions.completed(runner):
                 return
-            if self.done.is_set() or self._stopping:
+            if self._done.is_set() or self._stopping:
                 raise NotReadyError(name, instance, "finished", "the supervisor has finished")
-            if runner.finished and self.runners.get(instance) is not runner:
+            if runner.finished and self._runners.get(instance) is not runner:
                 continue  # replaced by a reload or a revive: wait for the new runner
             status = runner.snapshot()
             reason = (
@@ -518,7 +553,7 @@ class Supervisor:
                 lambda r: (
                     (r.generation > generations[r.name] and r.settled)
                     or r.finished
-                    or self.done.is_set()
+                    or self._done.is_set()
                 )
             )
 
@@ -542,7 +577,7 @@ class Supervisor:
                 async for event in events:
                     ...
         """
-        return self.bus.subscribe()
+        return self._bus.subscribe()
 
     async def reload(self, policy: Policy) -> dict[str, list[str]]:
         """Apply *policy*: restart changed instances, stop removed ones, start new ones.
@@ -579,19 +614,19 @@ class Supervisor:
         self._check_open(f"add {name!r}")
         async with self._reload_lock:
             self._check_open(f"add {name!r}")
-            if name in self.policy.services:
+            if name in self._policy.services:
                 raise _refusal(
                     name,
                     f"a service named {name!r} is already running; "
                     f"pick another name or remove it first (await sup.remove({name!r}))",
                 )
-            document = self.policy.to_dict()
+            document = self._policy.to_dict()
             if isinstance(service, Service):
-                one = attrs.evolve(self.policy, services={name: service})
+                one = attrs.evolve(self._policy, services={name: service})
                 document["services"][name] = one.to_dict()["services"][name]
             else:
                 document["services"][name] = dict(service)
-            policy = Policy.from_dict(document, self.policy.source or "<dict>")
+            policy = Policy.from_dict(document, self._policy.source or "<dict>")
             _, _, added = await self._apply(policy)
         await self._wait_settled(added)
 
@@ -609,12 +644,12 @@ class Supervisor:
         self._check_open(f"remove {name!r}")
         async with self._reload_lock:
             self._check_open(f"remove {name!r}")
-            if name not in self.policy.services:
-                known = ", ".join(self.policy.services)
+            if name not in self._policy.services:
+                known = ", ".join(self._policy.services)
                 raise KeyError(f"no service {name!r} in this supervisor (known: {known})")
             users = [
                 other
-                for other, spec in self.policy.services.items()
+                for other, spec in self._policy.services.items()
                 if other != name and (name in spec.depends_on or spec.namespaces_from == name)
             ]
             if users:
@@ -623,45 +658,63 @@ class Supervisor:
                     f"{', '.join(map(repr, users))} depend on it or share its namespaces; "
                     "remove those first, or reload a policy without the link",
                 )
-            services = {n: s for n, s in self.policy.services.items() if n != name}
-            await self._apply(attrs.evolve(self.policy, services=services))
+            services = {n: s for n, s in self._policy.services.items() if n != name}
+            await self._apply(attrs.evolve(self._policy, services=services))
 
     async def _apply(self, policy: Policy) -> tuple[list[str], list[str], list[str]]:
         """Move to *policy* (the reload lock held); return (changed, removed, added)."""
         new = {i.name: i for i in policy.expanded()}
-        removed = [n for n in self.order if n not in new]
-        changed = [n for n in self.order if n in new and new[n] != self._instances[n]]
-        added = [n for n in new if n not in self.runners]
-        self.policy = policy
-        self.intensity.max_restarts = policy.supervisor.max_restarts
-        self.intensity.within = policy.supervisor.within
+        removed = [n for n in self._order if n not in new]
+        changed = [n for n in self._order if n in new and new[n] != self._instances[n]]
+        added = [n for n in new if n not in self._runners]
+        self._policy = policy
+        self._intensity.max_restarts = policy.supervisor.max_restarts
+        self._intensity.within = policy.supervisor.within
         await self._stop_group(removed + changed)
         for name in removed + changed:
             self._forget(name)
         self._close_sockets(keep=policy.services)  # a removed service's, once it is down
-        self.order = list(new)
+        self._order = list(new)
         if not self._stopping:
             for name in changed + added:
                 self._add(new[name])
-            for name in self.order:
+            for name in self._order:
                 if name in changed or name in added:
-                    self.runners[name].send(Input.START)
+                    self._runners[name].send(Input.START)
         return changed, removed, added
 
-    async def close_output(self) -> None:
+    async def _close_output(self) -> None:
         """Write what output is still queued (for at most OUTPUT_DRAIN seconds), then close it."""
-        self.routes.close()
-        if self.writer is not None:
+        self._routes.close()
+        if self._writer is not None:
             with trio.move_on_after(OUTPUT_DRAIN):
-                await self.writer.flush()
-            self.writer.close()
+                await self._writer.flush()
+            self._writer.close()
 
     def reopen_logs(self) -> list[str]:
-        """Reopen every service log file (``nsup reopen-logs``, SIGUSR1); return the errors."""
-        return self.routes.reopen()
+        """Reopen every service log file (after a logrotate); return the errors, one line each."""
+        return self._routes.reopen()
+
+    # --- for nsup's own front ends (nsup run, the control socket, /metrics) ---------
+
+    def _log_files(self) -> list[str]:
+        """The log files its services write to."""
+        return list(self._routes.files.files)
+
+    def _output_dropped(self) -> dict[str, int]:
+        """Lines per service the terminal view dropped (nsup's stdout was not read fast enough)."""
+        return dict(self._writer.dropped) if self._writer is not None else {}
+
+    def _log_dropped(self) -> dict[str, int]:
+        """Lines per log target (file, journal, syslog) that were not taken."""
+        return self._routes.dropped()
+
+    def _add_listener(self, listener: Callable[[Event], None]) -> None:
+        """Call *listener* for every event, synchronously (it must not block or raise)."""
+        self._bus.add_listener(listener)
 
     def _forget(self, name: str) -> None:
-        runner = self.runners.pop(name, None)
+        runner = self._runners.pop(name, None)
         self._instances.pop(name, None)
         self._own_intensity.pop(name, None)
         if runner is not None:
@@ -719,22 +772,22 @@ async def open_supervisor(
         nsup.GaveUpError: restart intensity was exceeded.
     """
     async with trio.open_nursery() as nursery:
-        sup = Supervisor(policy, nursery, output)
+        sup = Supervisor._create(policy, nursery, output)  # noqa: SLF001 - the metaclass's private constructor
         nursery.start_soon(_cancel_on_give_up, sup, nursery.cancel_scope)
         try:
-            await sup.start_all()
+            await sup._start_all()  # noqa: SLF001 - same module
             if sup.gave_up is None:
                 yield sup
         finally:
             with trio.CancelScope(shield=True):
                 await sup.stop_all()
-                await sup.close_output()
+                await sup._close_output()  # noqa: SLF001 - same module
             nursery.cancel_scope.cancel()
     if sup.gave_up is not None:
         raise sup.gave_up
 
 
 async def _cancel_on_give_up(sup: Supervisor, scope: trio.CancelScope) -> None:
-    await sup.done.wait()
+    await sup.wait_finished()
     if sup.gave_up is not None:
         scope.cancel()

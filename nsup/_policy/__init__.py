@@ -16,7 +16,7 @@ import re
 import resource
 import tomllib
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 
+@final
 @attrs.frozen
 class ServiceInstance:
     """One process the supervisor runs: a service, or one of its instances.
