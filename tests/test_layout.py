@@ -64,7 +64,7 @@ def test_the_spawn_zone_imports_only_itself():
 
 
 LAYERS = ["_clone", "_process_layer", "_policy", "_engine", "_control", "_cli"]
-PROCESS_LAYER = {"_spec", "_process", "_zygote_client", "_cgroup", "_spawn_errors"}
+PROCESS_LAYER = {"_spec", "_process", "_request", "_zygote_client", "_cgroup", "_spawn_errors"}
 
 
 def _layer(module: str) -> int | None:

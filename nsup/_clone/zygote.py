@@ -37,11 +37,10 @@ import marshal
 import os
 import signal
 import socket
-from typing import Any
 
 from . import child as _child
 from . import syscalls as _sys
-from .namespaces import CLONE_FLAGS
+from .clone import spawn_child
 from .title import set_title
 
 __all__ = ["main"]
@@ -65,49 +64,6 @@ def _prepare_signals() -> None:
         except (OSError, ValueError):  # signals the kernel reserves (32, 33)
             pass
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-
-
-def _write_maps(pid: int, req: dict[str, Any]) -> None:
-    if req["setgroups_deny"]:
-        with open(f"/proc/{pid}/setgroups", "w") as f:
-            f.write("deny")
-    for name in ("uid_map", "gid_map"):
-        with open(f"/proc/{pid}/{name}", "w") as f:
-            f.write(req[name])
-
-
-def _spawn(
-    req: dict[str, Any], fds: list[int], supervisor_pidfd: int, clear: int
-) -> tuple[Any, int]:
-    flags: int = req["flags"]
-    cgroup_fd = fds[req["cgroup"]] if req["cgroup"] >= 0 else -1
-    sync_r = sync_w = -1
-    if flags & CLONE_FLAGS["user"]:
-        sync_r, sync_w = os.pipe()
-    try:
-        pid, pidfd = _sys.clone3(flags | _sys.CLONE_PARENT | clear, cgroup_fd=cgroup_fd)
-    except OSError as exc:
-        for fd in (sync_r, sync_w):
-            if fd >= 0:
-                os.close(fd)
-        return (0, exc.errno or 0, str(exc.strerror)), -1
-    if pid == 0:
-        gc.disable()  # keep init's pages shared with the zygote's
-        if sync_w >= 0:
-            os.close(sync_w)
-        _child.child_main(req, fds, supervisor_pidfd, sync_r)
-    if sync_r < 0:
-        return (pid, 0, ""), pidfd
-    os.close(sync_r)
-    try:
-        _write_maps(pid, req)
-        os.write(sync_w, b"1")
-    except OSError as exc:
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        return (pid, exc.errno or 0, f"writing uid/gid maps of pid {pid}: {exc.strerror}"), pidfd
-    finally:
-        os.close(sync_w)
-    return (pid, 0, ""), pidfd
 
 
 def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -146,10 +102,10 @@ def main(parent_pid: int, sock_fd: int) -> None:
         if not msg:
             return
         req = marshal.loads(msg)  # noqa: S302 - our own supervisor, over a private socketpair
-        reply, pidfd = _spawn(req, fds, supervisor_pidfd, clear)
+        reply, pidfd = spawn_child(req, fds, supervisor_pidfd, _sys.CLONE_PARENT | clear)
         if reply[0] == 0 and reply[1] == 22 and clear:  # EINVAL: Linux < 5.5
             clear = 0
-            reply, pidfd = _spawn(req, fds, supervisor_pidfd, clear)
+            reply, pidfd = spawn_child(req, fds, supervisor_pidfd, _sys.CLONE_PARENT | clear)
         socket.send_fds(sock, [marshal.dumps(reply)], [pidfd] if pidfd >= 0 else [])
         for fd in fds:
             os.close(fd)
