@@ -6,6 +6,8 @@ from typing import Literal
 
 import attrs
 
+from ._spec_rules import check_mount
+
 __all__ = ["MOUNT_TYPES", "Mount"]
 
 MOUNT_TYPES = ("bind", "tmpfs", "proc")
@@ -28,22 +30,12 @@ class Mount:
     type: Literal["bind", "tmpfs", "proc"] = attrs.field(
         validator=attrs.validators.in_(MOUNT_TYPES)
     )
-    target: str = attrs.field()
+    target: str
     source: str | None = None
     readonly: bool = False
     size: int | None = None
     mode: int | None = None
 
-    @target.validator
-    def _check_target(self, _attribute: object, value: str) -> None:
-        if not value.startswith("/"):
-            raise ValueError(f"mount target must be an absolute path (got {value!r})")
-
     def __attrs_post_init__(self) -> None:
         """Check the fields that depend on each other."""
-        if self.type == "bind" and not self.source:
-            raise ValueError(f"a bind mount on {self.target!r} needs a 'source'")
-        if self.type != "bind" and self.source is not None:
-            raise ValueError(f"a {self.type} mount on {self.target!r} takes no 'source'")
-        if self.size is not None and self.size <= 0:
-            raise ValueError(f"tmpfs size on {self.target!r} must be positive (got {self.size})")
+        check_mount(self.type, self.target, self.source, self.size)

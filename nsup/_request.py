@@ -2,7 +2,9 @@
 
 Shared by :func:`nsup.spawn` (which sends the request to the zygote) and
 ``nsup exec``'s direct way (which clones the child itself), so that both build
-the same request from the same fields.
+the same request from the same fields.  Standard library only at run time:
+``nsup exec`` passes its light ``ExecSpec`` (no attrs), typed like a
+``ProcessSpec`` by :class:`~nsup._spec_rules.SpecLike`.
 """
 
 from __future__ import annotations
@@ -15,11 +17,24 @@ from ._clone.caps import cap_last_cap, mask_of
 from ._clone.namespaces import CLONE_FLAGS
 from ._clone.rlimits import RLIMITS
 from ._spawn_errors import spawn_error
-from ._spec import ROOT_ID_MAP
+from ._spec_rules import (
+    ROOT_ID_MAP,
+    dropped_capabilities,
+    effective_no_new_privs,
+    maps_root_unprivileged,
+)
 
 if TYPE_CHECKING:
-    from ._process import Process
-    from ._spec import ProcessSpec
+    from typing import Protocol
+
+    from ._spec_rules import SpecLike
+
+    class JoinLike(Protocol):
+        """What the request reads of the :class:`nsup.Process` a child joins."""
+
+        @property
+        def spec(self) -> SpecLike: ...
+
 
 __all__ = ["build_request", "has_init", "preflight"]
 
@@ -30,7 +45,7 @@ def _id_map_text(rows: tuple[tuple[int, int, int], ...] | None, default: int, *,
 
 
 def build_request(
-    spec: ProcessSpec, targets: list[int], rootfs: str | None, join: Process | None
+    spec: SpecLike, targets: list[int], rootfs: str | None, join: JoinLike | None
 ) -> dict[str, Any]:
     flags = 0
     for name in spec.namespaces:
@@ -56,9 +71,9 @@ def build_request(
         "setsid": spec.new_session,
         "mounts": mounts,
         "fd_targets": targets,
-        "uid_map": _id_map_text(spec.uid_map, os.getuid(), root=spec.maps_root_unprivileged),
-        "gid_map": _id_map_text(spec.gid_map, os.getgid(), root=spec.maps_root_unprivileged),
-        "ns_root": spec.maps_root_unprivileged,
+        "uid_map": _id_map_text(spec.uid_map, os.getuid(), root=maps_root_unprivileged(spec)),
+        "gid_map": _id_map_text(spec.gid_map, os.getgid(), root=maps_root_unprivileged(spec)),
+        "ns_root": maps_root_unprivileged(spec),
         "setgroups_deny": os.geteuid() != 0,
         "cgroup": -1,
         "cgroup_join": [],
@@ -70,14 +85,14 @@ def build_request(
         "umask": -1 if spec.umask is None else spec.umask,
         "caps": None if spec.capabilities is None else mask_of(spec.capabilities),
         "cap_last": cap_last_cap() if spec.capabilities is not None else 0,
-        "nnp": spec.effective_no_new_privs,
-        "drop_caps": mask_of(spec.dropped_capabilities),
+        "nnp": effective_no_new_privs(spec),
+        "drop_caps": mask_of(dropped_capabilities(spec)),
         "join": -1,
         "join_flags": _join_flags(join),
     }
 
 
-def has_init(spec: ProcessSpec, join: Process | None) -> bool:
+def has_init(spec: SpecLike, join: JoinLike | None) -> bool:
     """Whether nsup's init runs the command: as the spec says, joining or not.
 
     A joined run keeps the init (a subreaper outside the joined PID namespace
@@ -88,7 +103,7 @@ def has_init(spec: ProcessSpec, join: Process | None) -> bool:
     return spec.init
 
 
-def _join_flags(join: Process | None) -> int:
+def _join_flags(join: JoinLike | None) -> int:
     flags = 0
     if join is not None:
         for name in join.spec.namespaces:
@@ -96,7 +111,7 @@ def _join_flags(join: Process | None) -> int:
     return flags
 
 
-def preflight(spec: ProcessSpec) -> str | None:
+def preflight(spec: SpecLike) -> str | None:
     """Check what can be checked before anything starts; return the resolved rootfs.
 
     A missing bind source, a rootfs that is not a directory, a mount target

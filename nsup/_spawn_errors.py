@@ -15,7 +15,7 @@ from ._clone.namespaces import CLONE_FLAGS
 from ._errors import SpawnError
 
 if TYPE_CHECKING:
-    from ._spec import ProcessSpec
+    from ._spec_rules import SpecLike
 
 __all__ = ["spawn_error"]
 
@@ -46,7 +46,7 @@ def _clone_hint(err: int, flags: int) -> str:
     return hints.get(err, f"namespaces asked for: {names}")
 
 
-def _exec_hint(spec: ProcessSpec, err: int) -> str:
+def _exec_hint(spec: SpecLike, err: int) -> str:
     name = spec.argv[0]
     if err == errno.ENOENT:
         where = "" if "/" in name else " on the child's PATH"
@@ -74,7 +74,7 @@ _FIXED_HINTS = {
 }
 
 
-def _hint(spec: ProcessSpec, stage: str, err: int, detail: str) -> str:
+def _hint(spec: SpecLike, stage: str, err: int, detail: str) -> str:
     if stage == "exec":
         return _exec_hint(spec, err)
     if stage.startswith(("rootfs", "bind rootfs", "minimal /dev", "pivot_root")):
@@ -90,9 +90,7 @@ def _hint(spec: ProcessSpec, stage: str, err: int, detail: str) -> str:
     return _FIXED_HINTS.get(stage.partition(" ")[0], detail)
 
 
-def spawn_error(
-    spec: ProcessSpec, stage: str, err: int, flags: int, detail: str = ""
-) -> SpawnError:
+def spawn_error(spec: SpecLike, stage: str, err: int, flags: int, detail: str = "") -> SpawnError:
     """Build the :class:`SpawnError` for *stage* failing with *err*."""
     reason = os.strerror(err) if err else (detail or "failed")
     what = f"{stage}: {reason}"
@@ -105,7 +103,7 @@ def spawn_error(
     return SpawnError(err, f"{what}; {hint}" if hint else what, stage)
 
 
-def _mount_hint(spec: ProcessSpec, stage: str, err: int, detail: str) -> tuple[str, str]:
+def _mount_hint(spec: SpecLike, stage: str, err: int, detail: str) -> tuple[str, str]:
     """Return the "what failed" and the hint for a mount stage, naming source and target."""
     target = stage.partition(" on ")[2]
     mount = next((m for m in spec.mounts if m.target == target), None)
@@ -144,7 +142,7 @@ def _mount_hint(spec: ProcessSpec, stage: str, err: int, detail: str) -> tuple[s
     return what, hint
 
 
-def _rootfs_hint(spec: ProcessSpec, stage: str, err: int) -> str:
+def _rootfs_hint(spec: SpecLike, stage: str, err: int) -> str:
     if stage.startswith("rootfs") or err in (errno.ENOENT, errno.ENOTDIR):
         return f"'rootfs' must be an existing directory (got {spec.rootfs!r})"
     if stage.startswith("pivot_root"):
@@ -157,7 +155,7 @@ def _rootfs_hint(spec: ProcessSpec, stage: str, err: int) -> str:
     return "binding the rootfs onto itself needs CAP_SYS_ADMIN in the mount namespace"
 
 
-def _credentials_hint(spec: ProcessSpec, stage: str, err: int) -> str:
+def _credentials_hint(spec: SpecLike, stage: str, err: int) -> str:
     if stage.startswith("setrlimit"):
         name = stage.partition(" ")[2]
         value = spec.limits.rlimits.get(name)

@@ -8,7 +8,6 @@ is cloned.
 from __future__ import annotations
 
 import math
-import os
 import resource
 import signal
 from collections.abc import Iterable, Mapping
@@ -21,16 +20,13 @@ from ._clone.namespaces import DEFAULT_NAMESPACES, check_namespaces
 from ._errors import SpecError
 from ._limits import RLIMITS, Limits
 from ._mount import Mount
+from ._spec_rules import HARDENING_DROPS, ROOT_ID_MAP, check_fields
+from ._spec_rules import dropped_capabilities as _dropped_capabilities
+from ._spec_rules import effective_no_new_privs as _effective_no_new_privs
+from ._spec_rules import hardened as _hardened
+from ._spec_rules import maps_root_unprivileged as _maps_root_unprivileged
 
 __all__ = ["HARDENING_DROPS", "ROOT_ID_MAP", "IdMap", "ProcessSpec", "StdioMode"]
-
-#: The default uid and gid map of a ``user`` namespace made by root: 0-65535 inside are
-#: 524288-589823 outside, ids no host user has (systemd-nspawn's private-users range starts
-#: there), so root inside is nobody special on the host.
-ROOT_ID_MAP = ((0, 0x80000, 65536),)
-
-#: What a hardened spec (rootfs or read-only mounts) loses unless it lists ``capabilities``.
-HARDENING_DROPS = frozenset({"CAP_SYS_ADMIN"})
 
 StdioMode = Literal["inherit", "null", "pipe"] | int
 IdMap = tuple[tuple[int, int, int], ...]
@@ -363,55 +359,30 @@ class ProcessSpec:
 
     def __attrs_post_init__(self) -> None:
         """Check the arguments that depend on each other."""
-        needs = (
-            ("hostname", self.hostname is not None, "uts"),
-            ("uid_map", self.uid_map is not None, "user"),
-            ("gid_map", self.gid_map is not None, "user"),
-            ("mounts", bool(self.mounts), "mount"),
-            ("rootfs", self.rootfs is not None, "mount"),
-        )
-        for name, given, namespace in needs:
-            if given and namespace not in self.namespaces:
-                raise SpecError(f"{name!r} needs the {namespace!r} namespace; add it to namespaces")
-        if self.hostname is not None and not 0 < len(self.hostname.encode()) <= 64:
-            raise SpecError(f"'hostname' must be 1 to 64 bytes (got {self.hostname!r})")
+        check_fields(self)
         taken = sorted(set(self.pass_fds) & set(range(3, 3 + len(self.listen_fds))))
         if taken:
             raise SpecError(
                 f"'pass_fds' targets {taken} clash with 'listen_fds', which take descriptors "
                 f"3 to {2 + len(self.listen_fds)}; move them above"
             )
-        for mount in self.mounts:
-            if ".." in mount.target.split("/"):
-                where = "the rootfs" if self.rootfs else "its place"
-                raise SpecError(
-                    f"mount target {mount.target!r} has a '..' component, which could lead "
-                    f"outside {where}; write the path without '..'"
-                )
 
     @property
     def hardened(self) -> bool:
         """True when the spec asks for read-only mounts or a rootfs, which it must not undo."""
-        return self.rootfs is not None or any(m.readonly for m in self.mounts)
+        return _hardened(self)
 
     @property
     def maps_root_unprivileged(self) -> bool:
         """True when root makes the ``user`` namespace with the default, unprivileged map."""
-        return (
-            "user" in self.namespaces
-            and self.uid_map is None
-            and self.gid_map is None
-            and os.getuid() == 0
-        )
+        return _maps_root_unprivileged(self)
 
     @property
     def effective_no_new_privs(self) -> bool:
         """Whether ``PR_SET_NO_NEW_PRIVS`` is set: as asked, else when :attr:`hardened`."""
-        return self.hardened if self.no_new_privs is None else self.no_new_privs
+        return _effective_no_new_privs(self)
 
     @property
     def dropped_capabilities(self) -> frozenset[str]:
         """Capabilities removed by the hardening default: ``CAP_SYS_ADMIN`` unless ``capabilities`` is given."""
-        if self.hardened and self.capabilities is None:
-            return HARDENING_DROPS
-        return frozenset()
+        return _dropped_capabilities(self)
