@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shlex
 import signal
 import subprocess
@@ -10,7 +11,18 @@ import sys
 
 import pytest
 
+from nsup._cli import build_parser
+from nsup._cli.exec import build_spec
+from nsup._request import build_request
+
 NSUP = [sys.executable, "-m", "nsup"]
+
+
+@pytest.fixture(autouse=True, params=["direct", "spawn"])
+def way(request, monkeypatch):
+    """Every test runs both ways: cloned from the CLI itself, and through nsup.spawn."""
+    monkeypatch.setenv("NSUP_EXEC_VIA", request.param)
+    return request.param
 
 
 def nsup_exec(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -222,3 +234,115 @@ def test_mount_points_are_made_inside_a_rootfs(tmp_path):
     assert result.stdout == "hi\n"
     assert (root / "data" / "hello").is_file()  # made inside the rootfs
     assert not os.path.exists("/data/hello")
+
+
+def test_no_init_makes_the_command_pid_1():
+    result = nsup_exec("--no-init", "--ns", "pid", "--", "sh", "-c", "echo $$")
+    assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGKILL])
+def test_no_init_death_by_signal_gives_128_plus_n(signo):
+    result = nsup_exec("--no-init", "--ns", "", "--", "sh", "-c", f"kill -{signo.name[3:]} $$")
+    assert result.returncode == 128 + signo, result.stderr
+
+
+def test_an_ignored_signal_is_not_passed_on_to_the_command():
+    # nohup-style: SIGHUP ignored in nsup exec must not stay ignored in the command.
+    command = f"trap '' HUP; exec {shlex.join(NSUP)} exec -- sh -c 'kill -HUP $$; echo survived'"
+    result = subprocess.run(  # noqa: S602 - a shell that ignores SIGHUP, as nohup does
+        command, shell=True, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 128 + signal.SIGHUP, result.stderr
+    assert "survived" not in result.stdout
+
+
+def test_the_direct_way_loads_neither_trio_nor_attrs(way):
+    code = (
+        "import sys; from nsup._cli import main; code = main(['exec', '--', 'true']); "
+        "print(code, sorted(m for m in ('trio', 'attrs') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == ("0 []" if way == "direct" else "0 ['attrs', 'trio']")
+
+
+def test_rlimits_apply():
+    result = nsup_exec("--rlimit", "nofile=64", "--", "sh", "-c", "ulimit -n")
+    assert (result.returncode, result.stdout) == (0, "64\n"), result.stderr
+
+
+def test_a_credential_failure_is_125_with_the_stage():
+    # Only the caller's uid is mapped in a rootless user namespace; here (root) the default
+    # map covers 0-65535, so 70000 is unmapped and setuid fails in the child.
+    result = nsup_exec("--ns", "user", "--user", "70000", "--", "true")
+    assert result.returncode == 125, result.stderr
+    assert "that id is not mapped in the child's user namespace" in result.stderr
+
+
+def test_identity_flags():
+    result = nsup_exec("--user", "nobody", "--umask", "077", "--", "sh", "-c", "id -un; umask")
+    assert (result.returncode, result.stdout) == (0, "nobody\n0077\n"), result.stderr
+
+
+def test_hardening_defaults_apply(tmp_path):
+    # A read-only mount hardens the spec: no_new_privs set and CAP_SYS_ADMIN (21) dropped.
+    result = nsup_exec(
+        "--ro-bind",
+        f"{tmp_path}:{tmp_path}",
+        "--",
+        "grep",
+        "-E",
+        "^(NoNewPrivs|CapBnd)",
+        "/proc/self/status",
+    )
+    assert result.returncode == 0, result.stderr
+    fields = dict(line.split(":\t") for line in result.stdout.splitlines())
+    assert fields["NoNewPrivs"] == "1"
+    assert not int(fields["CapBnd"], 16) & (1 << 21)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="the unprivileged root map is root's default")
+def test_root_gets_the_unprivileged_id_map():
+    result = nsup_exec("--ns", "user", "--", "cat", "/proc/self/uid_map")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", str(0x80000), "65536"]
+
+
+def test_killing_nsup_exec_leaves_nothing_behind():
+    # No pid namespace, so the command's and its init's pids are host pids we can hold by pidfds.
+    with subprocess.Popen(
+        [*NSUP, "exec", "--ns", "", "--", "sh", "-c", "echo $$ $PPID; exec sleep 600"],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            pidfds = [os.pidfd_open(int(pid)) for pid in proc.stdout.readline().split()]
+        finally:
+            proc.kill()
+            proc.wait()
+        try:
+            # The init's parent-death signal ends the tree: both pidfds become readable.
+            for pidfd in pidfds:
+                assert select.select([pidfd], [], [], 30)[0] == [pidfd]
+        finally:
+            for pidfd in pidfds:
+                os.close(pidfd)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        [],
+        ["--ns", "user,pid,net,uts", "--hostname", "h", "--no-init", "--env", "A=1"],
+        ["--ro-bind", "/etc:/mnt", "--tmpfs", "/tmp", "--cwd", "/tmp", "--rlimit", "nofile=64"],
+        ["--rootfs", "/", "--cap", "net_bind_service", "--user", "nobody", "--umask", "027"],
+        ["--cap", "none", "--no-new-privs", "--clear-env", "--ns", ""],
+    ],
+)
+def test_both_ways_build_the_same_request(flags):
+    argv = ["exec", *flags, "--", "true"]
+    spec = build_spec(build_parser().parse_args(argv))
+    full = spec.process_spec()
+    assert build_request(spec, [0, 1, 2], None, None) == build_request(full, [0, 1, 2], None, None)

@@ -5,6 +5,17 @@ PID 1 (unless ``--no-init``), and ``nsup exec`` exits with the command's code,
 or 128+N if it died of signal N.  Its own failures use the codes docker and
 tini use: 127 when the command is not found, 126 when it cannot be executed,
 125 when a namespace, mount or limit could not be set up, 2 for bad usage.
+
+Two ways to run it, with the same flags, codes and messages.  The direct way
+(every run without ``--memory``, ``--pids`` or ``--cpu``) clones the child from
+this very process, which has a single thread, and waits on its pidfd
+(``_clone/oneshot.py``): no trio, no attrs, no zygote, so the whole command
+costs little more than the interpreter's start-up.  The child runs the same
+``_clone/child.py`` set-up and ``_clone/init.py`` init as the zygote's
+children, from a request built by the same ``_request.build_request``.  With a
+cgroup limit it goes through :func:`nsup.spawn` (trio, the zygote and
+``_cgroup``), which also tells an OOM kill apart.  ``NSUP_EXEC_VIA=spawn``
+forces that way (the tests run every case both ways).
 """
 
 from __future__ import annotations
@@ -14,21 +25,21 @@ import functools
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
-
+from .._clone.caps import check_capabilities
 from .._clone.namespaces import DEFAULT_NAMESPACES, check_namespaces
+from .._clone.rlimits import RLIMITS
 from .._errors import SpawnError, SpecError
-from .._limits import RLIMITS, Limits
-from .._mount import Mount
-from .._policy.schema import LIMITS_FIELDS, make_limits
-from .._policy.validate import check_table, did_you_mean
-from .._process import spawn
-from .._spec import ProcessSpec
-from . import exec_identity
+from .._spec_rules import check_fields, check_mount
 
-__all__ = ["register", "run"]
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from .._limits import Limits
+    from .._spec import ProcessSpec
+
+__all__ = ["ExecMount", "ExecSpec", "build_spec", "register", "run"]
 
 EXAMPLES = """\
 examples:
@@ -129,7 +140,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="keep only this capability, e.g. net_bind_service (repeatable; --cap none drops all)",
     )
-    exec_identity.add_flags(parser)
+    _identity_flags(parser)
     parser.add_argument(
         "--env", metavar="K=V", action="append", default=[], help="set a variable (repeatable)"
     )
@@ -137,26 +148,174 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run, parser=parser)
 
 
+def _identity_flags(parser: argparse.ArgumentParser) -> None:
+    from . import exec_identity  # noqa: PLC0415 - its flags now; the policy layer only when one is given
+
+    exec_identity.add_flags(parser)
+
+
+class ExecMount:
+    """One ``--bind``, ``--ro-bind`` or ``--tmpfs``: the fields of :class:`nsup.Mount`, checked alike."""
+
+    __slots__ = ("readonly", "source", "target", "type")
+    size = None
+    mode = None
+
+    def __init__(
+        self, kind: str, target: str, source: str | None = None, *, readonly: bool = False
+    ) -> None:
+        """Check the fields as :class:`nsup.Mount` does (``check_mount``); raise SpecError."""
+        try:
+            check_mount(kind, target, source, None)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+        self.type = kind
+        self.target = target
+        self.source = source
+        self.readonly = readonly
+
+
+class _NoLimits:
+    """The limits of a run without ``--rlimit`` and cgroup flags: none (attrs stays unloaded)."""
+
+    rlimits: Mapping[str, int] = {}
+    memory = pids = cpu = None
+
+
+class ExecSpec:
+    """What ``nsup exec`` runs: the fields of :class:`nsup.ProcessSpec` it sets, checked alike.
+
+    A plain class, so that the direct way never loads attrs; the cross-field
+    checks are ProcessSpec's own (``_spec_rules.check_fields``), and
+    :meth:`process_spec` turns it into a real ``ProcessSpec`` for :func:`nsup.spawn`.
+    """
+
+    uid_map = gid_map = None
+    listen_fds: tuple[tuple[str, int], ...] = ()
+    new_session = False
+
+    def __init__(  # noqa: PLR0913 - ProcessSpec's keywords, as nsup exec sets them
+        self,
+        *,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str | None,
+        namespaces: frozenset[str],
+        hostname: str | None,
+        init: bool,
+        mounts: Sequence[ExecMount],
+        limits: Limits | _NoLimits,
+        rootfs: str | None,
+        no_new_privs: bool | None,
+        capabilities: frozenset[str] | None,
+        user: int | None,
+        group: int | None,
+        groups: tuple[int, ...] | None,
+        umask: int | None,
+    ) -> None:
+        """Keep the fields and check them against each other, as ProcessSpec does."""
+        self.argv = tuple(argv)
+        self.env = env
+        self.cwd = cwd
+        self.namespaces = namespaces
+        self.hostname = hostname
+        self.init = init
+        self.mounts = tuple(mounts)
+        self.limits = limits
+        self.rootfs = rootfs
+        self.no_new_privs = no_new_privs
+        self.capabilities = capabilities
+        self.user = user
+        self.group = group
+        self.groups = groups
+        self.umask = umask
+        check_fields(self)
+
+    @property
+    def needs_cgroup(self) -> bool:
+        """True when a cgroup limit was asked for (only :func:`nsup.spawn` makes cgroups)."""
+        limits = self.limits
+        return limits.memory is not None or limits.pids is not None or limits.cpu is not None
+
+    def process_spec(self) -> ProcessSpec:
+        """Return the same settings as a :class:`nsup.ProcessSpec`."""
+        from .._mount import Mount  # noqa: PLC0415 - attrs, for the spawn way only
+        from .._spec import ProcessSpec  # noqa: PLC0415
+
+        return ProcessSpec(
+            argv=self.argv,
+            env=self.env,
+            cwd=self.cwd,
+            namespaces=self.namespaces,
+            hostname=self.hostname,
+            init=self.init,
+            mounts=[
+                Mount(type=m.type, target=m.target, source=m.source, readonly=m.readonly)  # type: ignore[arg-type]  # checked by check_mount
+                for m in self.mounts
+            ],
+            limits=None if isinstance(self.limits, _NoLimits) else self.limits,
+            rootfs=self.rootfs,
+            no_new_privs=self.no_new_privs,
+            capabilities=self.capabilities,
+            user=self.user,
+            group=self.group,
+            groups=self.groups,
+            umask=self.umask,
+        )
+
+
 def _tagged(flag: str, value: str) -> tuple[str, str]:
     return flag, value
 
 
-def _mount(flag: str, value: str) -> Mount:
+def _mount(flag: str, value: str) -> ExecMount:
     if flag == "--tmpfs":
-        return Mount(type="tmpfs", target=value)
+        return ExecMount("tmpfs", value)
     return _bind(value, readonly=flag == "--ro-bind")
 
 
-def _bind(value: str, readonly: bool) -> Mount:
+def _bind(value: str, *, readonly: bool) -> ExecMount:
     source, sep, target = value.partition(":")
     if not sep or not source or not target:
         flag = "--ro-bind" if readonly else "--bind"
         raise SpecError(f"{flag} takes SRC:DST, two paths joined by ':' (got {value!r})")
-    return Mount(type="bind", source=source, target=target, readonly=readonly)
+    return ExecMount("bind", target, source, readonly=readonly)
 
 
-def build_spec(args: argparse.Namespace) -> ProcessSpec:
-    """Turn parsed ``nsup exec`` arguments into a :class:`ProcessSpec`.
+_IDENTITY_FLAGS = ("user", "group", "umask", "env_file", "clear_env")
+
+
+def _environment(
+    args: argparse.Namespace,
+) -> tuple[dict[str, str], tuple[int | None, int | None, tuple[int, ...] | None, int | None]]:
+    """Return the command's environment and its (uid, gid, groups, umask) from the flags."""
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--env takes K=V (got {item!r})")
+        env[key] = value
+    if all(getattr(args, name) in (None, False, []) for name in _IDENTITY_FLAGS):
+        return {**os.environ, **env}, (None, None, None, None)  # what the rules give without them
+    from . import exec_identity  # noqa: PLC0415 - the policy layer's lookups, when asked for
+
+    identity, umask, env = exec_identity.resolve(args, env)
+    return env, (identity.uid, identity.gid, identity.groups, umask)
+
+
+def _namespaces(args: argparse.Namespace, *, implied: bool) -> frozenset[str]:
+    """The ``--ns`` list; mounts or a rootfs (*implied*) and ``pid`` add ``mount``."""
+    try:
+        names = set(check_namespaces([n.strip() for n in args.ns.split(",") if n.strip()], "--ns"))
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    if implied or "pid" in names:
+        names.add("mount")  # as bwrap does; with pid a private /proc, as unshare --mount-proc gives
+    return frozenset(names)
+
+
+def build_spec(args: argparse.Namespace) -> ExecSpec:
+    """Turn parsed ``nsup exec`` arguments into an :class:`ExecSpec`.
 
     Raises:
         nsup.SpecError: an option is invalid; the message names it.
@@ -167,31 +326,17 @@ def build_spec(args: argparse.Namespace) -> ProcessSpec:
         command = command[1:]
     if not command:
         raise SpecError("nsup exec needs a command: nsup exec [OPTIONS] -- CMD [ARG...]")
-    env = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SpecError(f"--env takes K=V (got {item!r})")
-        env[key] = value
-    identity, umask, env = exec_identity.resolve(args, env)
-    try:
-        mounts = [_mount(flag, value) for flag, value in args.mounts]
-    except ValueError as exc:
-        raise SpecError(str(exc)) from None
-    try:
-        namespaces = set(
-            check_namespaces([n.strip() for n in args.ns.split(",") if n.strip()], "--ns")
-        )
-    except ValueError as exc:
-        raise SpecError(str(exc)) from None
-    if mounts and "mount" not in namespaces:
-        namespaces.add("mount")  # as bwrap does: mounts imply a mount namespace
-    if args.rootfs is not None or "pid" in namespaces:
-        namespaces.add("mount")  # with pid: a private /proc, as unshare --mount-proc gives
+    env, (uid, gid, groups, umask) = _environment(args)
+    mounts = [_mount(flag, value) for flag, value in args.mounts]
+    namespaces = _namespaces(args, implied=bool(mounts) or args.rootfs is not None)
+    given = args.memory or args.pids or args.cpu or args.rlimit
     capabilities = None
     if args.cap is not None:
-        capabilities = [c for c in args.cap if c.lower() != "none"]
-    return ProcessSpec(
+        try:
+            capabilities = check_capabilities([c for c in args.cap if c.lower() != "none"])
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+    return ExecSpec(
         argv=command,
         env=env,
         cwd=args.cwd,
@@ -199,19 +344,23 @@ def build_spec(args: argparse.Namespace) -> ProcessSpec:
         hostname=args.hostname,
         init=not args.no_init,
         mounts=mounts,
-        limits=_limits(args),
+        limits=_limits(args) if given else _NoLimits(),
         rootfs=None if args.rootfs is None else os.path.abspath(args.rootfs),
         no_new_privs=args.no_new_privs or None,  # unset: the hardening default decides
         capabilities=capabilities,
-        user=identity.uid,
-        group=identity.gid,
-        groups=identity.groups,
+        user=uid,
+        group=gid,
+        groups=groups,
         umask=umask,
     )
 
 
 def _limits(args: argparse.Namespace) -> Limits:
     """Check ``--memory``, ``--pids``, ``--cpu`` and ``--rlimit`` with the policy's validators."""
+    # The policy's validators (and attrs) load only when a limit is given.
+    from .._policy.schema import LIMITS_FIELDS, make_limits  # noqa: PLC0415
+    from .._policy.validate import check_table, did_you_mean  # noqa: PLC0415
+
     raw: dict[str, object] = {}
     for flag, value in (("memory", args.memory), ("pids", args.pids), ("cpu", args.cpu)):
         if value is not None:
@@ -245,13 +394,38 @@ def _flag_value(text: str) -> object:
     return text
 
 
+def _forwarded(from_terminal: bool) -> Callable[[int], bool]:
+    """Return the test for a signal to pass on (not the terminal's own, which the command got too)."""
+    return lambda signo: not (from_terminal and signo in FROM_TERMINAL)
+
+
+def _run_direct(spec: ExecSpec) -> int:
+    """Clone the child from this process and wait on its pidfd (see the module docstring)."""
+    from .._clone.oneshot import run_once  # noqa: PLC0415 - loaded when a command runs
+    from .._request import build_request, preflight  # noqa: PLC0415
+    from .._spawn_errors import spawn_error  # noqa: PLC0415
+
+    request = build_request(spec, [0, 1, 2], preflight(spec), None)
+    outcome = run_once(request, [0, 1, 2], FORWARDED, _forwarded(sys.stdin.isatty()))
+    failure = outcome.failure()
+    if failure is not None:
+        stage, err = failure
+        raise spawn_error(spec, stage, err, request["flags"], outcome.message)
+    return outcome.exit_code()
+
+
 async def _forward_signals(proc: Any, receiver: Any, from_terminal: bool) -> None:
+    keep = _forwarded(from_terminal)
     async for signo in receiver:
-        if not (from_terminal and signo in FROM_TERMINAL):
+        if keep(signo):
             proc.send_signal(signo)
 
 
-async def _main(spec: ProcessSpec) -> int:
+async def _spawn_main(spec: ProcessSpec) -> int:
+    import trio  # noqa: PLC0415 - the spawn way only
+
+    from .._process import spawn  # noqa: PLC0415
+
     with trio.open_signal_receiver(*FORWARDED) as receiver:
         async with spawn(spec) as proc, trio.open_nursery() as nursery:
             nursery.start_soon(_forward_signals, proc, receiver, sys.stdin.isatty())
@@ -260,6 +434,12 @@ async def _main(spec: ProcessSpec) -> int:
     if status.oom_killed:
         print(f"nsup exec: the command was {status}", file=sys.stderr)  # noqa: T201 - the CLI's report
     return status.exit_code
+
+
+def _run_spawn(spec: ExecSpec) -> int:
+    import trio  # noqa: PLC0415 - the spawn way only
+
+    return trio.run(_spawn_main, spec.process_spec())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -271,7 +451,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"nsup exec: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's error line
         return 2
     try:
-        return trio.run(_main, spec)
+        if spec.needs_cgroup or os.environ.get("NSUP_EXEC_VIA") == "spawn":
+            return _run_spawn(spec)
+        return _run_direct(spec)
     except SpawnError as exc:
         print(f"nsup exec: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's error line
         return exc.exit_code

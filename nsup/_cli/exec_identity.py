@@ -14,14 +14,11 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .._errors import SpecError
-from .._policy.environ import service_environment
-from .._policy.identity import Identity, Unresolved, resolve_identity
-from .._policy.model import Service
-from .._policy.schema import SERVICE_FIELDS
-from .._policy.validate import check_table
 
 if TYPE_CHECKING:
     import argparse
+
+    from .._policy.identity import Identity
 
 __all__ = ["add_flags", "resolve"]
 
@@ -71,6 +68,13 @@ def resolve(
             unreadable; the message names the flag.
 
     """
+    # The policy layer loads here, not with the flags: `nsup exec` without them never needs it.
+    from .._policy.environ import service_environment  # noqa: PLC0415
+    from .._policy.identity import Unresolved, resolve_identity  # noqa: PLC0415
+    from .._policy.model import Service  # noqa: PLC0415
+    from .._policy.schema import SERVICE_FIELDS  # noqa: PLC0415
+    from .._policy.validate import check_table  # noqa: PLC0415
+
     raw: dict[str, Any] = {"env_file": list(args.env_file), "env_inherit": not args.clear_env}
     for name in ("user", "group", "umask"):
         if getattr(args, name) is not None:
