@@ -13,7 +13,7 @@ API_MD = Path(__file__).parent.parent / "docs" / "api.md"
 
 
 def _public() -> set[str]:
-    names = {f"nsup.{n}" for n in vars(nsup) if n.isidentifier() and not n.startswith("_")}
+    names = {f"nsup.{n}" for n in nsup.__all__}  # loaded on first use: not all in vars() yet
     names -= {"nsup.annotations", "nsup.lowlevel", "nsup.testing", "nsup.pytest_plugin"}
     names |= {
         f"nsup.lowlevel.{n}"

@@ -31,6 +31,8 @@ NAMESPACES = [(nsup, PUBLIC), (nsup.lowlevel, LOWLEVEL), (nsup.testing, TESTING)
 def _public(module) -> list[str]:
     if module is nsup.testing:
         return sorted(module.__all__)  # a module with code of its own: __all__ says what is public
+    if module is nsup:  # names load on first use (PEP 562): dir() lists them all
+        return sorted(n for n in dir(nsup) if not n.startswith("_"))
     return sorted(
         name
         for name, value in vars(module).items()
@@ -45,6 +47,25 @@ def _public(module) -> list[str]:
 def test_public_names_are_exactly_these(module, names):
     expected = sorted(names) + (sorted(SUBMODULES) if module is nsup else [])
     assert sorted(expected) == _public(module)
+
+
+def test_public_names_load_on_first_use():
+    # `import nsup` alone must not load trio or attrs: `nsup exec` and `nsup status` rely on it.
+    code = (
+        "import sys, nsup; print(sorted({'trio', 'attrs'} & set(sys.modules)), "
+        "nsup.Limits.__module__, 'attrs' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", "nsup", "True"]
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        nsup.nope  # noqa: B018 - the lookup is the test
+
+
+def test_all_lists_every_public_name():
+    assert nsup.__all__ == sorted([*PUBLIC, *SUBMODULES])
 
 
 def test_lowlevel_comes_with_import_nsup():

@@ -24,14 +24,12 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .._errors import PolicyError
-from .._policy import Policy, load_policy
-from .._policy.hostcheck import identity_and_env_issues
-from .._policy.lines import key_lines
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
 
+    from .._policy import Policy
     from .._policy.model import Service
 
 __all__ = ["register", "run", "show_argv", "summary_line"]
@@ -121,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
         0 for a valid policy, 2 for an invalid or unreadable one.
 
     """
+    from .._policy import load_policy  # noqa: PLC0415 - when the command runs, not for `nsup --help`
+    from .._policy.hostcheck import identity_and_env_issues  # noqa: PLC0415
+
     try:
         policy = load_policy(args.policy)
     except OSError as exc:
@@ -146,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _lines(path: str) -> dict[str, int]:
     """Return the policy file's key lines (it was just read, so it reads again)."""
+    from .._policy.lines import key_lines  # noqa: PLC0415 - as in run()
+
     try:
         with open(path, encoding="utf-8") as file:
             return key_lines(file.read())

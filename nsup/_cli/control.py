@@ -29,7 +29,10 @@ from .._words import count, event_line
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["format_event", "format_status_table", "register"]
+__all__ = ["COMMANDS", "format_event", "format_status_table", "register"]
+
+#: The sub-commands :func:`register` adds (``nsup._cli`` loads this module for them alone).
+COMMANDS = ("status", "start", "stop", "restart", "signal", "reload", "reopen-logs", "events")
 
 EXIT_OK = 0
 EXIT_ERROR = 1

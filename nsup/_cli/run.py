@@ -46,6 +46,7 @@ from .._policy.preflight import preflight
 from .._rundir import remove_stale_runtime_dirs
 from .._words import count
 from .._zygote_client import OWNED, hold_zygotes, zygote_pids
+from . import RUN_HELP
 
 if TYPE_CHECKING:
     import socket
@@ -63,7 +64,7 @@ def register(subparsers: Any) -> None:
     """Add the ``run`` sub-command to *subparsers*."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "run",
-        help="supervise a policy in the foreground",
+        help=RUN_HELP,
         description="Start the services of POLICY.toml and keep them running by its rules.",
         epilog="signals: TERM/INT/QUIT stop gracefully and exit 0; HUP reloads the policy; "
         "USR1 reopens the log files.\n"

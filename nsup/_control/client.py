@@ -16,8 +16,6 @@ import errno
 import json
 import os
 import socket
-import tomllib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import NsupError
@@ -46,7 +44,7 @@ def default_control_path(policy_file: str) -> str:
     ``/run/nsup/<stem>.sock`` for root, else ``/tmp/nsup-<uid>/<stem>.sock``,
     where *stem* is the policy's file name without its suffix.
     """
-    stem = Path(policy_file).stem or "nsup"
+    stem = os.path.splitext(os.path.basename(policy_file))[0] or "nsup"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return os.path.join(runtime, "nsup", f"{stem}.sock")
@@ -75,6 +73,8 @@ def policy_control_path(policy_file: str) -> str:
         ValueError: it is not TOML, or ``[supervisor] control`` is not a string.
 
     """
+    import tomllib  # noqa: PLC0415 - only --policy needs it; `nsup status` stays quick
+
     with open(policy_file, "rb") as f:
         try:
             document = tomllib.load(f)
