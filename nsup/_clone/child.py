@@ -37,12 +37,12 @@ The steps:
 
 from __future__ import annotations
 
+import _socket  # the C module: `socket` builds its enums at import, nsup exec need not
 import fcntl
 import os
 import resource
 import select
 import signal
-import socket
 import struct
 from typing import Any, NoReturn
 
@@ -75,10 +75,13 @@ def _stage(stage: str, func: Any, *args: Any) -> Any:
 
 
 def _loopback_up() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         request = struct.pack("16sh22x", b"lo", 0)
         flags = struct.unpack("16sh22x", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request))[1]
         fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | IFF_UP))
+    finally:
+        sock.close()
 
 
 _DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import signal
 from typing import TYPE_CHECKING
 
@@ -157,7 +156,7 @@ _libc: ctypes.CDLL | None = None
 def _get_libc() -> ctypes.CDLL:
     global _libc  # noqa: PLW0603 - one lazily created handle, as pyroute2 does
     if _libc is None:
-        if platform.machine() == "alpha":
+        if os.uname().machine == "alpha":
             raise OSError(0, "nsup does not support alpha (its syscall numbers differ)")
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syscall.restype = ctypes.c_long
@@ -290,7 +289,7 @@ def pivot_root(new_root: str, put_old: str) -> None:
         OSError: on failure, or when this architecture's number is unknown.
 
     """
-    machine = platform.machine()
+    machine = os.uname().machine
     number = _NR_PIVOT_ROOT.get(machine)
     if number is None:
         raise OSError(0, f"pivot_root: syscall number unknown for {machine!r}; please report")
