@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 
 __all__ = ["OWNER_FILE", "is_alive", "make_runtime_dir", "owner_token", "remove_stale_runtime_dirs"]
 
@@ -44,13 +42,19 @@ def is_alive(token: str) -> bool:
 
 def runtime_base() -> str:
     """Return where runtime directories go: ``$XDG_RUNTIME_DIR``, ``/run`` for root, else the temp dir."""
-    return os.environ.get("XDG_RUNTIME_DIR") or (
-        "/run" if os.geteuid() == 0 and os.access("/run", os.W_OK) else tempfile.gettempdir()
-    )
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.environ["XDG_RUNTIME_DIR"]
+    if os.geteuid() == 0 and os.access("/run", os.W_OK):
+        return "/run"
+    import tempfile  # noqa: PLC0415 - the last resort; `nsup check` as root never needs it
+
+    return tempfile.gettempdir()
 
 
 def make_runtime_dir() -> str:
     """Make this supervisor's runtime directory, mode 0711, with its ``owner`` file."""
+    import tempfile  # noqa: PLC0415 - as in runtime_base
+
     path = tempfile.mkdtemp(prefix=_PREFIX, dir=runtime_base())
     os.chmod(path, 0o711)  # noqa: S103 - children of other uids may reach their notify socket, not list it
     token = owner_token(os.getpid())
@@ -98,6 +102,8 @@ def remove_stale_runtime_dirs(base: str | None = None) -> list[str]:
             with open(os.path.join(entry.path, OWNER_FILE)) as f:
                 token = f.read(64)
             if not is_alive(token):
+                import shutil  # noqa: PLC0415 - only when a dead nsup left a directory
+
                 shutil.rmtree(entry.path)
                 removed.append(entry.path)
     return removed

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import re
-from fractions import Fraction
 
 __all__ = ["DURATION_FORMS", "SIZE_FORMS", "parse_duration", "parse_size"]
 
@@ -111,5 +110,7 @@ def parse_size(value: object) -> int:
         if match:
             number_text, unit = match.groups()
             multiple = _SIZE_UNITS[unit.lower()] if unit else 1
+            from fractions import Fraction  # noqa: PLC0415 - exact sizes; most policies have none
+
             return int(Fraction(number_text) * multiple)
     raise ValueError(f"expected {SIZE_FORMS} (got {value!r})")

@@ -15,15 +15,12 @@ shown as the user wrote it (``true``, not ``True``).
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import math
 import re
 import shlex
 import signal
-import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 
@@ -31,6 +28,9 @@ from .._clone.caps import check_capabilities
 from .._clone.namespaces import NAMESPACES, check_namespaces
 from .bounds import MAX_DURATION, MAX_SIZE
 from .units import DURATION_FORMS, SIZE_FORMS, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = [
     "Invalid",
@@ -113,6 +113,8 @@ def key_join(*parts: str) -> str:
 
 def did_you_mean(word: str, choices: Sequence[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest choice, or ``""``."""
+    import difflib  # noqa: PLC0415 - only for a typo; `nsup check` of a good policy never needs it
+
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -801,6 +803,9 @@ def parse_listen(text: str) -> tuple[socket.AddressFamily, str | tuple[str, int]
         ValueError: *text* has none of the accepted forms.
 
     """
+    import ipaddress  # noqa: PLC0415 - only for a policy with sockets
+    import socket  # noqa: PLC0415
+
     if text.startswith("/"):
         if len(text.encode()) > _SUN_PATH_MAX or "\0" in text:
             raise ValueError(text)
