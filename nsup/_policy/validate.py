@@ -1,8 +1,8 @@
 """Validators for policy values: check one raw TOML value, return it typed.
 
-Each validator is a small private callable attrs class made by a public
-factory (``one_of("always", "never")``, ``duration(positive=True)``), as in
-``attrs.validators``: that gives each a readable ``repr`` and makes the schema
+Each validator is a small private callable class made by a public factory
+(``one_of("always", "never")``, ``duration(positive=True)``), as in
+``attrs.validators``, frozen with a readable ``repr`` (``_Plain``); that makes the schema
 tables in :mod:`nsup._policy_schema` plain data.  A validator is called as
 ``validator(key, value)`` with the dotted key of the value, and either returns
 the typed value or raises :class:`Invalid`.
@@ -21,8 +21,6 @@ import shlex
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
-
-import attrs
 
 from .._clone.caps import check_capabilities
 from .._clone.namespaces import NAMESPACES, check_namespaces
@@ -85,6 +83,65 @@ class Invalid(Exception):  # noqa: N818 - internal signal, not an error users se
     def at(cls, key: str, message: str) -> Invalid:
         """Return an :class:`Invalid` holding one problem."""
         return cls([(key, message)])
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+class _Plain:
+    """What ``attrs.frozen`` gave the validator classes, without building ~25 classes at import.
+
+    A subclass annotates its fields, in constructor order (after its bases'
+    fields; ``ClassVar`` ones are not fields), and lists them in
+    ``__slots__``; an instance is built positionally, cannot be changed,
+    compares and hashes by its fields and shows them in ``repr``, as an attrs
+    class does.  (attrs generates each class's methods when the module loads,
+    which made every ``nsup check`` pay a few milliseconds.)
+    """
+
+    __slots__ = ()
+
+    def __init__(self, *values: object) -> None:
+        names = self._names()
+        if len(values) != len(names):
+            raise TypeError(f"{type(self).__name__} takes {len(names)} values (got {len(values)})")
+        for name, value in zip(names, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        names = _FIELD_NAMES.get(cls)
+        if names is None:
+            names = _FIELD_NAMES[cls] = tuple(
+                name
+                for c in reversed(cls.__mro__)
+                for name, kind in c.__dict__.get("__annotations__", {}).items()  # noqa: RUF063 - importing inspect would cost what this saves
+                if not str(kind).startswith("ClassVar")
+            )
+        return names
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._names())
+
+    def __setattr__(self, name: str, value: object) -> None:
+        """Refuse: a validator is frozen."""
+        raise AttributeError(f"{type(self).__name__} is frozen")
+
+    def __repr__(self) -> str:
+        """Show the class and its fields, as attrs does."""
+        fields = ", ".join(f"{n}={v!r}" for n, v in zip(self._names(), self._values(), strict=True))
+        return f"{type(self).__name__}({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to an instance of the same class with equal fields."""
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _Plain)  # noqa: S101 - checked just above
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        """Hash the fields, as a frozen attrs class does."""
+        return hash((type(self), self._values()))
 
 
 def show(value: object) -> str:
@@ -164,8 +221,9 @@ def _no_nul(key: str, value: str) -> str:
     return value
 
 
-@attrs.frozen
-class _BooleanValidator:
+class _BooleanValidator(_Plain):
+    __slots__ = ()
+
     def __call__(self, key: str, value: object) -> bool:
         if not isinstance(value, bool):
             raise Invalid.at(key, f"{key!r} must be true or false (got {show(value)})")
@@ -177,8 +235,9 @@ def boolean() -> Validator:
     return _BooleanValidator()
 
 
-@attrs.frozen
-class _IntegerValidator:
+class _IntegerValidator(_Plain):
+    __slots__ = ("maximum", "minimum")
+
     minimum: int | None
     maximum: int | None
 
@@ -196,8 +255,9 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Validator
     return _IntegerValidator(minimum, maximum)
 
 
-@attrs.frozen
-class _NumberValidator:
+class _NumberValidator(_Plain):
+    __slots__ = ("exclusive_minimum", "maximum", "minimum")
+
     minimum: float | None
     maximum: float | None
     exclusive_minimum: bool
@@ -227,9 +287,10 @@ def number(
     return _NumberValidator(minimum, maximum, exclusive_minimum)
 
 
-@attrs.frozen
-class _UnitValidator:
+class _UnitValidator(_Plain):
     """A number or a string with a unit, parsed by ``parse``; the forms go in the message."""
+
+    __slots__ = ("positive",)
 
     positive: bool
     forms: ClassVar[str]
@@ -254,8 +315,9 @@ class _UnitValidator:
         return result
 
 
-@attrs.frozen
 class _DurationValidator(_UnitValidator):
+    __slots__ = ()
+
     forms = DURATION_FORMS
     maximum = MAX_DURATION
     too_large = "365 days ('8760h')"
@@ -275,8 +337,9 @@ def duration(*, positive: bool = True) -> Validator:
     return _DurationValidator(positive)
 
 
-@attrs.frozen
 class _SizeValidator(_UnitValidator):
+    __slots__ = ()
+
     forms = SIZE_FORMS
     maximum = MAX_SIZE
     too_large = "1 PiB ('1048576G')"
@@ -288,8 +351,9 @@ def size(*, positive: bool = True) -> Validator:
     return _SizeValidator(positive)
 
 
-@attrs.frozen
-class _StringValidator:
+class _StringValidator(_Plain):
+    __slots__ = ("max_length",)
+
     max_length: int | None
 
     def __call__(self, key: str, value: object) -> str:
@@ -311,8 +375,9 @@ def string(max_length: int | None = None) -> Validator:
     return _StringValidator(max_length)
 
 
-@attrs.frozen
-class _AbsolutePathValidator:
+class _AbsolutePathValidator(_Plain):
+    __slots__ = ("choices",)
+
     choices: tuple[str, ...]
 
     def __call__(self, key: str, value: object) -> str:
@@ -331,8 +396,9 @@ def absolute_path(*choices: str) -> Validator:
     return _AbsolutePathValidator(choices)
 
 
-@attrs.frozen
-class _OneOfValidator:
+class _OneOfValidator(_Plain):
+    __slots__ = ("choices",)
+
     choices: tuple[str, ...]
 
     def __call__(self, key: str, value: object) -> str:
@@ -362,8 +428,9 @@ def _list_of_strings(key: str, value: object, what: str) -> list[str]:
     return value
 
 
-@attrs.frozen
-class _StringListValidator:
+class _StringListValidator(_Plain):
+    __slots__ = ()
+
     def __call__(self, key: str, value: object) -> tuple[str, ...]:
         return tuple(dict.fromkeys(_list_of_strings(key, value, "a list of strings")))
 
@@ -373,8 +440,9 @@ def string_list() -> Validator:
     return _StringListValidator()
 
 
-@attrs.frozen
-class _CommandValidator:
+class _CommandValidator(_Plain):
+    __slots__ = ()
+
     def __call__(self, key: str, value: object) -> tuple[str, ...]:
         if isinstance(value, str):
             try:
@@ -399,8 +467,9 @@ def command() -> Validator:
 _SIGNAL_NAMES = tuple(sorted(s.name for s in signal.Signals))
 
 
-@attrs.frozen
-class _SignalValidator:
+class _SignalValidator(_Plain):
+    __slots__ = ()
+
     def __call__(self, key: str, value: object) -> signal.Signals:
         expected = "a signal name such as 'SIGTERM' or 'TERM', or a signal number"
         if isinstance(value, int) and not isinstance(value, bool):
@@ -424,8 +493,9 @@ def signal_() -> Validator:
     return _SignalValidator()
 
 
-@attrs.frozen
-class _RegexValidator:
+class _RegexValidator(_Plain):
+    __slots__ = ()
+
     def __call__(self, key: str, value: object) -> re.Pattern[str]:
         text = _StringValidator(None)(key, value)
         try:
@@ -446,8 +516,9 @@ _HOST_PORT = re.compile(
 )
 
 
-@attrs.frozen
-class _HostPortValidator:
+class _HostPortValidator(_Plain):
+    __slots__ = ()
+
     def __call__(self, key: str, value: object) -> tuple[str, int]:
         match = _HOST_PORT.fullmatch(value) if isinstance(value, str) else None
         port = int(match["port"]) if match else 0
@@ -464,8 +535,9 @@ def host_port() -> Validator:
     return _HostPortValidator()
 
 
-@attrs.frozen
-class _NamespacesValidator:
+class _NamespacesValidator(_Plain):
+    __slots__ = ()
+
     def __call__(self, key: str, value: object) -> frozenset[str]:
         names = _list_of_strings(key, value, "a list of namespace names")
         try:
@@ -483,8 +555,9 @@ def namespaces() -> Validator:
 _ID_MAX = 2**32 - 1
 
 
-@attrs.frozen
-class _IdMapValidator:
+class _IdMapValidator(_Plain):
+    __slots__ = ()
+
     def __call__(self, key: str, value: object) -> tuple[tuple[int, int, int], ...]:
         if not isinstance(value, list):
             raise Invalid.at(
@@ -517,8 +590,9 @@ def id_map() -> Validator:
     return _IdMapValidator()
 
 
-@attrs.frozen
-class _EnvValidator:
+class _EnvValidator(_Plain):
+    __slots__ = ()
+
     def __call__(self, key: str, value: object) -> dict[str, str]:
         if not isinstance(value, dict):
             raise Invalid.at(key, f"{key!r} must be a table of strings (got {show(value)})")
@@ -548,8 +622,9 @@ def env_table() -> Validator:
 _MODE = re.compile(r"0?[oO]?([0-7]{1,4})")
 
 
-@attrs.frozen
-class _FileModeValidator:
+class _FileModeValidator(_Plain):
+    __slots__ = ("maximum",)
+
     maximum: int
 
     def __call__(self, key: str, value: object) -> int:
@@ -576,8 +651,9 @@ def file_mode(maximum: int = 0o7777) -> Validator:
 _ID_NAME = re.compile(r"[^\s:,+\-][^\s:,]{0,255}")
 
 
-@attrs.frozen
-class _IdOrNameValidator:
+class _IdOrNameValidator(_Plain):
+    __slots__ = ("maximum",)
+
     maximum: int
 
     def __call__(self, key: str, value: object) -> int | str:
@@ -613,8 +689,9 @@ def each_item(key: str, items: list[object], check: Validator) -> list[Any]:
     return result
 
 
-@attrs.frozen
-class _IdOrNameListValidator:
+class _IdOrNameListValidator(_Plain):
+    __slots__ = ("item",)
+
     item: _IdOrNameValidator
 
     def __call__(self, key: str, value: object) -> tuple[int | str, ...]:
@@ -630,8 +707,9 @@ def id_or_name_list(maximum: int) -> Validator:
     return _IdOrNameListValidator(_IdOrNameValidator(maximum))
 
 
-@attrs.frozen
-class _PathListValidator:
+class _PathListValidator(_Plain):
+    __slots__ = ()
+
     def __call__(self, key: str, value: object) -> tuple[str, ...]:
         if isinstance(value, str):
             return (_AbsolutePathValidator(())(key, value),)
@@ -647,8 +725,9 @@ def path_list() -> Validator:
     return _PathListValidator()
 
 
-@attrs.frozen
-class _CapabilitiesValidator:
+class _CapabilitiesValidator(_Plain):
+    __slots__ = ()
+
     def __call__(self, key: str, value: object) -> frozenset[str]:
         names = _list_of_strings(key, value, "a list of capability names")
         try:
@@ -730,8 +809,9 @@ def check_table(  # noqa: PLR0913 - each argument is one independent rule
     return typed, problems
 
 
-@attrs.frozen
-class _IntegerListValidator:
+class _IntegerListValidator(_Plain):
+    __slots__ = ("item",)
+
     item: _IntegerValidator
 
     def __call__(self, key: str, value: object) -> tuple[int, ...]:
@@ -754,8 +834,9 @@ def integer_list(minimum: int | None = None, maximum: int | None = None) -> Vali
     return _IntegerListValidator(_IntegerValidator(minimum, maximum))
 
 
-@attrs.frozen
-class _DependenciesValidator:
+class _DependenciesValidator(_Plain):
+    __slots__ = ("conditions",)
+
     conditions: tuple[str, ...]
 
     def __call__(self, key: str, value: object) -> dict[str, str]:
@@ -827,8 +908,9 @@ def parse_listen(text: str) -> tuple[socket.AddressFamily, str | tuple[str, int]
 _SUN_PATH_MAX = 107
 
 
-@attrs.frozen
-class _ListenValidator:
+class _ListenValidator(_Plain):
+    __slots__ = ()
+
     def __call__(self, key: str, value: object) -> str:
         if not isinstance(value, str):
             raise Invalid.at(key, f"{key!r} must be {_LISTEN_FORMS} (got {show(value)})")
@@ -858,8 +940,9 @@ def listen_address() -> Validator:
 _FD_NAME = re.compile(r"[!-9;-~]{1,255}")
 
 
-@attrs.frozen
-class _SocketNameValidator:
+class _SocketNameValidator(_Plain):
+    __slots__ = ()
+
     def __call__(self, key: str, value: object) -> str:
         if not isinstance(value, str) or not _FD_NAME.fullmatch(value):
             raise Invalid.at(
