@@ -8,12 +8,15 @@ The package, from the bottom layer up (each imports only from layers below it;
 docs/architecture.md says more):
 
 - ``_clone/``: the spawn zone, loaded by the zygote; standard library only
-  (``zygote``, ``child``, ``init``, ``syscalls``, ``namespaces``, ``caps``).
+  (``zygote``, ``clone``, ``child``, ``init``, ``oneshot``, ``syscalls``,
+  ``namespaces``, ``caps``, ``rlimits``, ``title``).
 - ``_errors``, ``_exitstatus``, ``_limits``, ``_mount``: value types and errors
   shared by every layer above; ``_util``: ``NoPublicConstructor`` and
   ``fixup_module_metadata``, which makes exported names show ``nsup.X``.
+- ``_spec_rules``: the checks and rules of a spec, shared by ProcessSpec and
+  ``nsup exec``'s attrs-free spec.
 - the process layer: ``_spec`` (ProcessSpec), ``_process`` (Process, spawn,
-  run_process, start_process),
+  run_process, start_process), ``_request`` (the clone request),
   ``_zygote_client``, ``_cgroup``, ``_spawn_errors``.
 - ``_policy/``: the declarative policy (model, schema, validate, build, lines, units).
 - ``_engine/``: supervision (restart table, runner, supervisor, probes, events,
