@@ -14,6 +14,7 @@ import pytest
 
 import nsup
 from nsup._cli import RUN_HELP
+from nsup._cli.control import COMMANDS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -103,7 +104,10 @@ def test_run_help_is_the_same_line_run_registers():
     assert helps["run"] == RUN_HELP
 
 
-@pytest.mark.parametrize("args", [["--help"], ["exec", "--help"], ["status", "--help"]])
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["exec", "--help"], ["check", "--help"], *([c, "--help"] for c in COMMANDS)],
+)
 def test_help_imports_neither_trio_nor_attrs(args):
     imported = _imported(args)
     assert "nsup" in imported

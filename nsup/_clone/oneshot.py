@@ -155,7 +155,7 @@ def run_once(
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         outcome = Outcome(pid, err, message, has_init=req["init"])
         if pidfd >= 0:
-            outcome.code = _shell_code(_wait(pidfd, wake_r, keep))
+            outcome.code = _shell_code(_wait(pidfd, wake_r, lambda n: n in forward and keep(n)))
         outcome.report = _read_all(report_r)
     finally:
         signal.set_wakeup_fd(old_wakeup)
