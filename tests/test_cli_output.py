@@ -1,4 +1,9 @@
-"""The command line's own surface: ``--version``, and a closed stdout ends every command quietly."""
+"""The command line's own surface: ``--version``, what each command imports, and a closed stdout.
+
+Start-up time is part of the interface (``nsup status`` in a shell loop): no
+command but ``nsup run`` may load trio, and ``--help`` and the control commands
+not attrs either.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 import nsup
+from nsup._cli import RUN_HELP
+from nsup._cli.control import COMMANDS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -67,6 +74,63 @@ def fake_supervisor(tmp_path: Path) -> Iterator[str]:
         listener.shutdown(socket.SHUT_RDWR)
         listener.close()
         thread.join(timeout=30)
+
+
+def _imported(args: list[str], **kwargs: object) -> set[str]:
+    """Run ``nsup ARGS`` with ``-X importtime``; return the top-level packages it imported."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "nsup", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        **kwargs,  # type: ignore[call-overload]
+    )
+    assert result.returncode == 0, result.stderr
+    return {
+        line.rpartition("|")[2].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+
+
+def test_help_lists_run_without_loading_it():
+    result = subprocess.run([*NSUP, "--help"], capture_output=True, text=True, check=True)
+    assert RUN_HELP in result.stdout
+    for command in ("check", "exec", "status", "events"):
+        assert f"    {command}" in result.stdout
+
+
+def test_run_help_is_the_same_line_run_registers():
+    from nsup._cli import build_parser  # noqa: PLC0415 - the full parser imports run
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    helps = {c.dest: c.help for c in action._choices_actions}  # type: ignore[attr-defined]
+    assert helps["run"] == RUN_HELP
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["exec", "--help"], ["check", "--help"], *([c, "--help"] for c in COMMANDS)],
+)
+def test_help_imports_neither_trio_nor_attrs(args):
+    imported = _imported(args)
+    assert "nsup" in imported
+    assert {"trio", "attrs"} & imported == set()
+
+
+def test_check_imports_no_trio(tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[services.web]\ncommand = ["sleep", "1"]\n')
+    imported = _imported(["check", str(policy)])
+    assert "nsup" in imported
+    assert "trio" not in imported
+
+
+def test_status_imports_neither_trio_nor_attrs(fake_supervisor):
+    imported = _imported(["status", "--control", fake_supervisor])
+    assert {"trio", "attrs", "shutil"} & imported == set()  # shutil: argparse's default width
 
 
 def test_version():
@@ -126,3 +190,36 @@ def test_help_exits_quietly_when_its_output_is_closed(args):
             [*NSUP, *args], stdout=out, stderr=subprocess.PIPE, text=True, timeout=60, check=False
         )
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_control_commands_lists_what_control_registers():
+    import argparse  # noqa: PLC0415
+
+    from nsup._cli import control  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers()
+    control.register(subparsers)
+    assert tuple(subparsers.choices) == control.COMMANDS
+
+
+@pytest.mark.parametrize(
+    ("args", "loaded"),
+    [
+        (["exec", "--", "true"], {"exec", "exec_identity"}),
+        (["check", "/no/such/policy.toml"], {"check"}),
+        (["status", "--control", "/no/such.sock"], {"control"}),
+        (["--version"], set()),
+    ],
+)
+def test_a_command_loads_only_its_own_module(args, loaded):
+    code = (
+        "import sys; from nsup._cli import main\n"
+        "try:\n    main(sys.argv[1:])\nfinally:\n"
+        "    print('MODULES', *sorted(m[10:] for m in sys.modules if m.startswith('nsup._cli.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, timeout=60
+    )
+    last = result.stdout.splitlines()[-1].split()
+    assert (last[0], set(last[1:])) == ("MODULES", loaded)
