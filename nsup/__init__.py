@@ -29,6 +29,7 @@ docs/architecture.md says more):
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0.dev0"
@@ -82,13 +83,26 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'nsup' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"nsup.{module}"), name)
-    # Shown as nsup.X in repr(), tracebacks and help(), as the eager import did for all.
+    importlib.import_module(f"nsup.{module}")
+    _claim_loaded()
+    return globals()[name]
+
+
+def _claim_loaded() -> None:
+    """Bind every public name whose module is loaded, shown as ``nsup.X`` (repr, tracebacks, help).
+
+    Not just the name asked for: ``from nsup import ProcessSpec`` loads
+    ``_errors`` too, and a ``SpecError`` it raises must say ``nsup.SpecError``.
+    """
     from ._util import fixup_module_metadata  # noqa: PLC0415 - with the first public name
 
-    fixup_module_metadata(__name__, {name: value})
-    globals()[name] = value
-    return value
+    loaded = {}
+    for export, module in _EXPORTS.items():
+        owner = sys.modules.get(f"nsup.{module}")
+        if export not in globals() and owner is not None and hasattr(owner, export):
+            loaded[export] = getattr(owner, export)
+    fixup_module_metadata(__name__, loaded)
+    globals().update(loaded)
 
 
 def __dir__() -> list[str]:

@@ -59,6 +59,16 @@ def test_public_names_load_on_first_use():
     assert out.stdout.split() == ["[]", "nsup", "True"]
 
 
+def test_an_error_shows_its_public_home_before_its_name_is_used():
+    code = (
+        "from nsup import ProcessSpec\n"
+        "try:\n    ProcessSpec(argv=[])\n"
+        "except Exception as exc:\n    print(type(exc).__module__, type(exc).__qualname__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["nsup", "SpecError"]
+
+
 def test_an_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         nsup.nope  # noqa: B018 - the lookup is the test
