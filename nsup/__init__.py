@@ -20,7 +20,7 @@ docs/architecture.md says more):
   ``_zygote_client``, ``_cgroup``, ``_spawn_errors``.
 - ``_policy/``: the declarative policy (model, schema, validate, build, lines, units).
 - ``_engine/``: supervision (restart table, runner, supervisor, probes, events,
-  output, notify, service_spec).
+  output, lines, notify, service_spec).
 - ``_control/``: the edges clients talk to (control server and client, HTTP).
 - ``_cli/``: one module per subcommand.
 - ``testing``, ``pytest_plugin``, ``lowlevel``: the public add-ons.
@@ -48,6 +48,7 @@ _EXPORTS = {
     "Mount": "_mount",
     "NotReadyError": "_engine.supervisor",
     "NsupError": "_errors",
+    "OutputLine": "_engine.lines",
     "Policy": "_policy",
     "PolicyError": "_errors",
     "PolicyIssue": "_policy.model",
@@ -114,6 +115,7 @@ if TYPE_CHECKING:
     from . import lowlevel as lowlevel
     from ._cgroup import CgroupStatistics as CgroupStatistics
     from ._engine.events import Event as Event
+    from ._engine.lines import OutputLine as OutputLine
     from ._engine.runner import ServiceStatus as ServiceStatus
     from ._engine.supervisor import GaveUpError as GaveUpError
     from ._engine.supervisor import NotReadyError as NotReadyError

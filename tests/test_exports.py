@@ -15,7 +15,7 @@ import nsup.testing
 
 PUBLIC = [
     "Backoff", "CgroupStatistics", "Event", "ExitStatus", "GaveUpError", "HealthProbe", "Limits",
-    "Mount", "NotReadyError", "NsupError", "Policy", "PolicyError", "PolicyIssue", "Probe", "Process",
+    "Mount", "NotReadyError", "NsupError", "OutputLine", "Policy", "PolicyError", "PolicyIssue", "Probe", "Process",
     "ProcessSpec", "Service", "ServiceInstance", "ServiceStatus", "Socket", "SpawnError",
     "SpecError",
     "Stop", "Supervisor", "SupervisorConfig", "SupervisorFinishedError", "load_policy", "open_supervisor", "run_process",
@@ -173,6 +173,7 @@ def test_tracebacks_name_the_public_class():
         nsup.ExitStatus,
         nsup.CgroupStatistics,
         nsup.ServiceInstance,
+        nsup.OutputLine,
     ],
 )
 def test_what_nsup_hands_out_is_final(cls):
@@ -184,7 +185,7 @@ def test_the_supervisor_shows_only_its_api():
     public = {n for n in vars(nsup.Supervisor) if not n.startswith("_")}
     api = {
         "status", "failed", "start", "stop", "restart", "signal", "events", "reload",
-        "add", "remove", "wait_ready", "stop_all", "reopen_logs", "wait_finished",
+        "add", "remove", "wait_ready", "lines", "stop_all", "reopen_logs", "wait_finished",
         "policy", "started_at", "stopping", "finished", "gave_up",
     }  # fmt: skip
     # What its runners ask (nsup._engine.runner.RunnerHost): the engine's, not API.

@@ -59,6 +59,7 @@ from .._util import NoPublicConstructor
 from .._words import count, duration
 from . import conditions
 from .events import Event, EventBus, Subscription
+from .lines import LineSubscription, LineTaps
 from .output import Line, PrefixView, output_sink
 from .restart import Input, Intensity, State
 from .routes import OutputRoutes
@@ -157,6 +158,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._output, self._writer = output_sink(output, nursery, policy.supervisor.timestamps)
         self._routes = OutputRoutes(self._output)
         self._bus = EventBus()
+        self._taps = LineTaps()  # sup.lines() subscriptions
         self._runtime_dir = make_runtime_dir()
         self._runners: dict[str, Runner] = {}
         self._order: list[str] = []
@@ -250,6 +252,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             while self._pumps:
                 await self._pumps_changed.wait()
         self._finish()
+        self._taps.close()  # even if a pipe is still held open: the drain wait is over
         for runner in self._runners.values():
             runner.close()
 
@@ -278,6 +281,8 @@ class Supervisor(metaclass=NoPublicConstructor):
             self._close_sockets(keep=())
             self._done.set()
             self._bus.close()
+            if not self._pumps:  # else the last pump to close ends them (output_closed)
+                self._taps.close()
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
     # --- what runners ask (the RunnerHost interface) ------------------------------
@@ -303,8 +308,18 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._output(line)
 
     def log_sink(self, target: str | OutputFile, pid: int) -> Callable[[Line], None]:
-        """Route one stream of a service: the terminal view, a log file, journald or syslog."""
-        return self._routes.sink(target, pid)
+        """Route one stream of a service: its ``lines()`` subscribers, then the view, a file, journald or syslog."""
+        route = self._routes.sink(target, pid)
+        taps = self._taps
+        instances = self._instances
+
+        def sink(line: Line) -> None:
+            if taps.wanted:
+                instance = instances.get(line.service)
+                taps.publish(line, instance.service if instance is not None else line.service)
+            route(line)
+
+        return sink
 
     def output_opened(self) -> None:
         """Count an output pipe being read."""
@@ -314,6 +329,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         """Count an output pipe done."""
         self._pumps -= 1
         self._pumps_changed.set()
+        if not self._pumps and self._done.is_set():
+            self._taps.close()  # the supervisor finished and every pipe is read to the end
         self._pumps_changed = trio.Event()
 
     def dependency(self, name: str) -> Runner | None:
@@ -579,6 +596,37 @@ class Supervisor(metaclass=NoPublicConstructor):
         """
         return self._bus.subscribe()
 
+    def lines(self, name: str) -> LineSubscription:
+        """Follow the output of *name* from now on: each line with its stream and time.
+
+        The subscription is registered when this is called, so a service
+        started (or restarted) after it is followed from its first line.  It
+        covers every instance of a service, run after run; it ends when the
+        service is removed, or once the supervisor has finished and the
+        service's pipes are read to the end.  Only output nsup reads is
+        there: a stream set to ``"null"`` has none.
+
+        It is bounded (:data:`nsup._engine.lines.LINE_BACKLOG_BYTES`, each
+        line counting its length plus 64 bytes): a reader that falls behind
+        loses lines, never slows nsup; ``dropped`` counts them,
+        and the next line it gets says how many were lost just before it
+        (``dropped_before``).  Use ``async with`` (or ``close()``) to stop.
+
+        Args:
+            name: a service (all its instances) or one instance (``web.1``).
+
+        Raises:
+            KeyError: *name* is not a service or instance of this supervisor.
+
+        Example::
+
+            async with sup.lines("web") as lines:
+                async for line in lines:
+                    print(line.instance, line.stream, line.text)
+        """
+        self._named([name])
+        return self._taps.subscribe(name)
+
     async def reload(self, policy: Policy) -> dict[str, list[str]]:
         """Apply *policy*: restart changed instances, stop removed ones, start new ones.
 
@@ -674,6 +722,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         for name in removed + changed:
             self._forget(name)
         self._close_sockets(keep=policy.services)  # a removed service's, once it is down
+        self._taps.end(keep=[*policy.services, *new])  # lines() of a removed service end
         self._order = list(new)
         if not self._stopping:
             for name in changed + added:
