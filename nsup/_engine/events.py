@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Literal, Self, final
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, final
 
 import attrs
 import trio
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from .._exitstatus import ExitStatus
 
-__all__ = ["BACKLOG", "Event", "EventBus", "EventKind", "Subscription"]
+__all__ = ["BACKLOG", "Event", "EventBus", "EventKind", "Feed", "Subscription"]
 
 BACKLOG = 1024  # events a subscriber may fall behind before it is dropped
 
@@ -82,7 +82,67 @@ class Event:
         return event_line(self.to_dict())
 
 
-class Subscription:
+T = TypeVar("T")
+
+
+class Feed(Generic[T]):
+    """A subscription as its reader sees it: a bounded queue to iterate, and to close.
+
+    The base of :class:`Subscription` (events) and of
+    :class:`~nsup._engine.lines.LineSubscription` (a service's output).
+    """
+
+    _send: trio.MemorySendChannel[T]
+    _receive: trio.MemoryReceiveChannel[T]
+
+    def _unregister(self) -> None:
+        """Stop being published to."""
+        raise NotImplementedError
+
+    def end(self) -> None:
+        """End it from the publishing side: the reader gets what is queued, then the end."""
+        self._send.close()
+
+    def close(self) -> None:
+        """Unsubscribe; the iterator ends and the queue is freed."""
+        self._unregister()
+        self._send.close()
+        self._receive.close()
+
+    def statistics(self) -> trio.MemoryChannelStatistics:
+        """The queue's statistics (``current_buffer_used`` is what waits now)."""
+        return self._receive.statistics()
+
+    async def receive(self) -> T:
+        """Return the next item.
+
+        Raises:
+            trio.EndOfChannel: the subscription ended (see the class).
+
+        """
+        return await self._receive.receive()
+
+    def __aiter__(self) -> Self:
+        """Iterate over the items."""
+        return self
+
+    async def __anext__(self) -> T:
+        """Return the next item, or stop at the end of the subscription."""
+        try:
+            return await self.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Self:
+        """Return the subscription (already registered)."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Unsubscribe."""
+        self.close()
+
+
+class Subscription(Feed[Event]):
     """One subscriber's bounded queue of events; made by :meth:`EventBus.subscribe`.
 
     It is registered when it is made, so no event published after that is
@@ -129,47 +189,8 @@ class Subscription:
             )
         self._send.close()
 
-    def end(self) -> None:
-        """End the subscription from the publishing side (the iterator finishes)."""
-        self._send.close()
-
-    def close(self) -> None:
-        """Unsubscribe; the iterator ends and the queue is freed."""
-        self._bus._forget(self)  # noqa: SLF001
-        self._send.close()
-        self._receive.close()
-
-    def statistics(self) -> trio.MemoryChannelStatistics:
-        """The queue's statistics (``current_buffer_used`` is the backlog now)."""
-        return self._receive.statistics()
-
-    async def receive(self) -> Event:
-        """Return the next event.
-
-        Raises:
-            trio.EndOfChannel: the bus closed, or this subscriber lagged and its ``lagged`` event was read.
-
-        """
-        return await self._receive.receive()
-
-    def __aiter__(self) -> Self:
-        """Iterate over the events."""
-        return self
-
-    async def __anext__(self) -> Event:
-        """Return the next event, or stop at the end of the subscription."""
-        try:
-            return await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> Self:
-        """Return the subscription (already registered)."""
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Unsubscribe."""
-        self.close()
+    def _unregister(self) -> None:
+        self._bus._forget(self)  # noqa: SLF001 - the bus and its subscriptions are one unit
 
 
 class EventBus:

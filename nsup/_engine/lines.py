@@ -25,10 +25,12 @@ to the end.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Self, final
+from typing import TYPE_CHECKING, final
 
 import attrs
 import trio
+
+from .events import Feed
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -79,7 +81,7 @@ class OutputLine:
         return self.data.decode("utf-8", "replace")
 
 
-class LineSubscription:
+class LineSubscription(Feed[OutputLine]):
     """One reader's bounded queue of a service's lines; made by ``sup.lines(name)``.
 
     Use it as an async iterator, and as an async context manager (or call
@@ -120,19 +122,8 @@ class LineSubscription:
         self._pending += 1
         self.dropped += 1
 
-    def end(self) -> None:
-        """End it from the publishing side: the reader gets what is queued, then the end."""
-        self._send.close()
-
-    def close(self) -> None:
-        """Unsubscribe; the iterator ends and the queue is freed."""
-        self._taps._forget(self)  # noqa: SLF001
-        self._send.close()
-        self._receive.close()
-
-    def statistics(self) -> trio.MemoryChannelStatistics:
-        """The queue's statistics (``current_buffer_used`` is the lines waiting now)."""
-        return self._receive.statistics()
+    def _unregister(self) -> None:
+        self._taps._forget(self)  # noqa: SLF001 - the taps and their subscriptions are one unit
 
     def receive_nowait(self) -> OutputLine:
         """Return the next line if one is waiting.
@@ -156,25 +147,6 @@ class LineSubscription:
     def _took(self, line: OutputLine) -> OutputLine:
         self._bytes -= len(line.data) + LINE_OVERHEAD
         return line
-
-    def __aiter__(self) -> Self:
-        """Iterate over the lines."""
-        return self
-
-    async def __anext__(self) -> OutputLine:
-        """Return the next line, or stop at the end of the subscription."""
-        try:
-            return await self.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> Self:
-        """Return the subscription (already registered)."""
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Unsubscribe."""
-        self.close()
 
 
 class LineTaps:
