@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 import nsup
 from nsup import _zygote_client
@@ -37,7 +38,11 @@ async def test_a_services_init_shows_the_service_name():
         status = sup.status()["web"]
         assert status.init_pid is not None  # ServiceStatus.pid is the command's
         assert _shown(status.init_pid) == ("nsup-init", "nsup-init: web")
-        assert _shown(status.pid)[0] == "sleep"
+        # Started means cloned: the command's process may not have reached its exec yet,
+        # and the kernel gives no event for an exec, so poll (bounded).
+        with trio.fail_after(30):
+            while _shown(status.pid)[0] != "sleep":  # noqa: ASYNC110 - no event for an exec
+                await trio.sleep(0.01)
 
 
 def test_the_command_sees_its_inits_title_from_the_start():
