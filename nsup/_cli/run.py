@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import signal
 import sys
 import traceback
@@ -38,8 +37,9 @@ from .._control.client import resolve_control_path
 from .._control.http import HealthServer, open_health_socket
 from .._control.sd_notify import ParentNotifier
 from .._control.server import BoundSocket, ControlServer, bind_control_socket
+from .._engine.descriptors import descriptors_needed, raise_nofile
 from .._engine.output import FdWriter, PrefixView, escape
-from .._engine.supervisor import Supervisor
+from .._engine.supervisor import SPAWN_CONCURRENCY, Supervisor
 from .._errors import PolicyError
 from .._policy import load_policy
 from .._policy.preflight import preflight
@@ -127,11 +127,10 @@ class _Logger:
             self.live = False
 
 
-def _raise_nofile() -> None:
-    """Let a thousand services have their pidfds and pipes: soft NOFILE up to the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+def _raise_nofile(policy: Policy, log: _Logger) -> None:
+    """Raise RLIMIT_NOFILE for *policy* (see ``_engine/descriptors.py``); say so if it falls short."""
+    if short := raise_nofile(descriptors_needed(policy, SPAWN_CONCURRENCY)):
+        log.line(short)
 
 
 EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE, as sysexits.h
@@ -363,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
             control.close()
             log.line(exc.strerror or str(exc))
             return 2
-    _raise_nofile()
+    _raise_nofile(policy, log)
     _remove_leftovers(log)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would auto-reap ours
     if os.getpid() != 1:
