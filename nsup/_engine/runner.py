@@ -655,24 +655,27 @@ class Runner:
         # Cancelled or failed here: run()'s teardown stops the process.
         status, reaped = await self._supervise(proc, generation, notify, read_fds)
         self.oom_kills += proc.statistics().oom_kills  # its cgroup goes with it
-        if reaped:
-            with trio.CancelScope(shield=True):
-                await proc.aclose()  # reaped already: this closes its descriptors
+        if reaped or self._reaping:
+            await self._reap(proc)  # at most one earlier run is left to reap at a time
         else:
             # The command has exited and nothing of it is left: the next run may
             # start while its init exits; quiet (and so stop()) waits for the reap.
             self._reaping.add(proc)
             assert self._nursery is not None  # noqa: S101
-            self._nursery.start_soon(self._reap, proc)
+            self._nursery.start_soon(self._reap_later, proc)
         self.proc = None
         self._report_exit(generation, status)
 
     async def _reap(self, proc: Process) -> None:
-        """Reap an ended run's init (it only exits now), bounded by its stop timeout; close it."""
+        """Reap a run's init (it only exits now), bounded by its stop timeout; close it."""
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(proc.spec.stop_timeout):
-                await proc.wait()
+            if proc.status is None:
+                with trio.move_on_after(proc.spec.stop_timeout):
+                    await proc.wait()
             await proc.aclose()  # still there past the bound: stop() escalates to SIGKILL
+
+    async def _reap_later(self, proc: Process) -> None:
+        await self._reap(proc)
         self._reaping.discard(proc)
         self._notify()
 
