@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -131,6 +132,22 @@ def _raise_nofile(policy: Policy, log: _Logger) -> None:
     """Raise RLIMIT_NOFILE for *policy* (see ``_engine/descriptors.py``); say so if it falls short."""
     if short := raise_nofile(descriptors_needed(policy, SPAWN_CONCURRENCY)):
         log.line(short)
+
+
+GC_YOUNG = 10_000  # allocations between young collections (Python's default is 700)
+
+
+def _tune_gc() -> None:
+    """Collect cycles less often: thousands of services keep tens of thousands of objects alive.
+
+    What is loaded by now (modules, the policy) is frozen out of every
+    collection; young collections come after 10,000 allocations, not 700.
+    With 1,000 services this halves the supervisor's CPU time in the cycle
+    collector at start-up (bench/run.py); garbage cycles still go, later.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
 
 EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE, as sysexits.h
@@ -364,6 +381,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     _raise_nofile(policy, log)
     _remove_leftovers(log)
+    _tune_gc()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would auto-reap ours
     if os.getpid() != 1:
         _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1)
