@@ -229,7 +229,14 @@ def _keyed(path: str) -> dict[str, int]:
 
 
 def _remove_stale(own: str) -> None:
-    """Remove ``nsup-<pid>`` trees left by supervisors that died (empty ones only)."""
+    """Remove ``nsup-<pid>`` trees left by supervisors that died (empty ones only).
+
+    Not inside a nested PID namespace: a live supervisor outside has no
+    ``/proc`` entry there, and its empty cgroups (one made for a spawn in
+    flight, say) would go, failing that clone3 with ENOENT.
+    """
+    if not sees_every_pid():
+        return
     for base in _dead_bases(own):
         for child in _subdirs(base):
             _rmdir_quiet(child)

@@ -192,16 +192,24 @@ class Process(metaclass=NoPublicConstructor):
         status = ExitStatus.from_siginfo(info.si_code, info.si_status)
         if self._report_fd >= 0:
             self._read_report()
-            for line in self._report.split(b"\n"):
-                if line.startswith(b"X"):
-                    status = ExitStatus.from_wait_status(int(line[1:]))
+            status = self._reported() or status
+        self.status = self._with_oom(status)
+
+    def _reported(self) -> ExitStatus | None:
+        """The command's status from init's ``X<status>`` line, if it has arrived."""
+        for line in self._report.split(b"\n"):
+            if line.startswith(b"X"):
+                return ExitStatus.from_wait_status(int(line[1:]))
+        return None
+
+    def _with_oom(self, status: ExitStatus) -> ExitStatus:
         if (
             status.signal == signal.SIGKILL
             and self._cgroup is not None
             and self._cgroup.oom_kills() > 0
         ):
-            status = attrs.evolve(status, oom_killed=True)
-        self.status = status
+            return attrs.evolve(status, oom_killed=True)
+        return status
 
     def _read_report(self) -> bool:
         """Read what the report pipe holds; return True at EOF."""
@@ -277,6 +285,35 @@ class Process(metaclass=NoPublicConstructor):
                 trio.lowlevel.notify_closing(fd)
                 os.close(fd)
                 setattr(self, attr, -1)
+
+
+async def wait_command(proc: Process) -> tuple[ExitStatus, bool]:
+    """Wait until *proc*'s command has exited; return how it ended and whether *proc* is reaped.
+
+    nsup's init writes ``X<status>`` on its report pipe once the command is
+    reaped (and, without a PID namespace, once everything the command left
+    behind is killed and reaped), then exits; the kernel tears its
+    namespaces down after that.  When the report has come and the init has
+    no child left (nothing of the run is still alive), this returns at once
+    with ``(status, False)``: the init only exits from there on, and the
+    caller still reaps it (``await proc.wait()``, ``proc.aclose()``).  In
+    every other case (no init, an init that was killed, a descendant of the
+    command still alive in the namespace) it waits for the exit and reaps,
+    as :meth:`Process.wait`, and returns ``(status, True)``.
+    """
+    fd = proc._report_fd  # noqa: SLF001 - same module's private state
+    if fd < 0 or not proc._has_init or proc.status is not None:  # noqa: SLF001
+        return await proc.wait(), True
+    while True:
+        eof = proc._read_report()  # noqa: SLF001
+        status = proc._reported()  # noqa: SLF001
+        if status is not None and not _sys.children(proc.pid) and proc.status is None:
+            # Read after the report: an empty list is the init alone, leaving.
+            await trio.lowlevel.checkpoint()
+            return proc._with_oom(status), False  # noqa: SLF001
+        if eof or status is not None:
+            return await proc.wait(), True
+        await trio.lowlevel.wait_readable(fd)
 
 
 _KILL_ROUNDS = 64  # a tree that keeps forking faster than we kill is a fork bomb; stop there

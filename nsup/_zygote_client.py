@@ -218,7 +218,8 @@ def get_zygote() -> Zygote:
     """Return this thread's zygote, starting it if needed, or anew if it is dead or stopped."""
     key = (os.getpid(), threading.get_ident())
     zygote = _zygotes.get(key)
-    if zygote is None or not zygote.usable():
+    # The cheap check here; the full one (stopped?) comes with the request, under the lock.
+    if zygote is None or zygote.broken or zygote._proc.poll() is not None:  # noqa: SLF001
         if zygote is not None:
             del _zygotes[key]
             zygote.close()

@@ -251,8 +251,10 @@ async def test_root_keeps_its_own_map_when_told():
 
 
 _CLEANUP_INSIDE = (
-    "from nsup._cgroup import remove_stale_trees\n"
+    "import sys\n"
+    "from nsup._cgroup import _remove_stale, remove_stale_trees\n"
     "from nsup._rundir import remove_stale_runtime_dirs, sees_every_pid\n"
+    "for own in sys.argv[1:]: _remove_stale(own)\n"
     "print(sees_every_pid(), remove_stale_trees(), remove_stale_runtime_dirs())\n"
 )
 
@@ -264,8 +266,19 @@ async def test_cleanup_in_a_nested_pid_namespace_touches_nothing():
         paths = dict(proc._cgroup.paths) if proc._cgroup is not None else {}
         if not paths:
             pytest.skip("no cgroup could be made for the child here")
-        argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _CLEANUP_INSIDE]
-        result = await trio.run_process(argv, capture_stdout=True)
+        # An empty cgroup of ours (as one made for a spawn in flight is) must stay too.
+        empty = [os.path.join(os.path.dirname(path), "empty") for path in paths.values()]
+        for path in empty:
+            os.mkdir(path)
+        try:
+            owns = [os.path.dirname(os.path.dirname(path)) for path in paths.values()]
+            argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c"]
+            result = await trio.run_process([*argv, _CLEANUP_INSIDE, *owns], capture_stdout=True)
+            assert all(os.path.isdir(path) for path in empty)
+        finally:
+            for path in empty:
+                if os.path.isdir(path):
+                    os.rmdir(path)
         assert "False ([], 0) []" == result.stdout.decode().strip()
         assert all(os.path.isdir(path) for path in paths.values())
         assert proc.pid in proc._cgroup.members()

@@ -27,6 +27,7 @@ from test_supervisor import Recorder as Events
 
 import nsup
 from nsup import _cgroup, _zygote_client
+from nsup._clone import syscalls as _sys
 from nsup._engine import runner as runner_module
 from nsup._engine.supervisor import Supervisor, open_supervisor
 from nsup._errors import SpawnError
@@ -391,6 +392,9 @@ async def test_an_error_in_the_supervisor_itself_stops_everything_and_is_raised(
 
 # --- nsup run ---------------------------------------------------------------------
 
+PR_CAPBSET_DROP = 24
+CAP_SYS_RESOURCE = 24
+
 
 class Run(cmd_run.Run):
     """A real ``nsup run --log-format json``, and a bounded wait for its end."""
@@ -412,7 +416,9 @@ class Run(cmd_run.Run):
 async def nsup_run(tmp_path):
     runs: list[Run] = []
 
-    async def start(text: str, *, argv: list[str] | None = None, nofile: int | None = None) -> Run:
+    async def start(
+        text: str, *, argv: list[str] | None = None, nofile: int | None = None, fixed: bool = True
+    ) -> Run:
         path = tmp_path / "policy.toml"
         path.write_text(text)
         control = tmp_path / f"control-{len(runs)}.sock"
@@ -420,6 +426,8 @@ async def nsup_run(tmp_path):
         def limit() -> None:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+                if fixed:  # without CAP_SYS_RESOURCE, nsup cannot raise the hard limit
+                    _sys.prctl(PR_CAPBSET_DROP, CAP_SYS_RESOURCE)
 
         proc = await trio.lowlevel.open_process(
             [*(argv or NSUP), "run", str(path), "--log-format", "json", "--control", str(control)],
@@ -480,6 +488,8 @@ async def test_running_out_of_descriptors_is_contained_and_sigterm_still_stops(n
         "init = false\n", 'init = false\nbackoff = { initial = "50ms", max = "200ms" }\n'
     )
     run = await nsup_run("[supervisor]\nmax_restarts = 100000\n" + text, nofile=256)
+    short = await run.wait_until(lambda r: "descriptors" in r.get("message", ""))
+    assert "RLIMIT_NOFILE is 256" in short["message"], short
     await run.wait_until(lambda r: r["event"] == "spawn_failed")
     await run.wait_until(lambda r: r["event"] == "restarting")
     await run.wait_until(lambda r: r["event"] == "started")  # some start, others wait for fds
@@ -488,6 +498,29 @@ async def test_running_out_of_descriptors_is_contained_and_sigterm_still_stops(n
     run.proc.send_signal(signal.SIGTERM)
     assert await run.finish() == 0
     assert not [r for r in run.records if r["event"] == "failed"]
+
+
+def _may_raise_hard_limits() -> bool:
+    """CAP_SYS_RESOURCE is effective (a container may withhold it from root)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        effective = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    return bool(effective & (1 << CAP_SYS_RESOURCE))
+
+
+@pytest.mark.skipif(
+    not _may_raise_hard_limits(), reason="no CAP_SYS_RESOURCE here: a hard limit cannot be raised"
+)
+async def test_nsup_run_raises_a_hard_descriptor_limit_too_low_for_its_policy(nsup_run):
+    """With CAP_SYS_RESOURCE, a hard limit below what the policy needs is raised: all start."""
+    run = await nsup_run(toml_sleepers(300), nofile=256, fixed=False)
+    ready = set()
+    while len(ready) < 300:
+        record = await run.wait_until(lambda r: r["event"] in ("ready", "spawn_failed"))
+        assert record["event"] == "ready", record
+        ready.add(record["service"])
+    assert not [r for r in run.records if "descriptors" in r.get("message", "")]
+    run.proc.send_signal(signal.SIGTERM)
+    assert await run.finish() == 0
 
 
 async def test_an_internal_error_in_nsup_run_stops_everything_and_exits_70(nsup_run):

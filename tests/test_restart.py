@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 from contextlib import asynccontextmanager
@@ -13,8 +14,10 @@ from helpers import Recorder
 
 import nsup
 from nsup import ExitStatus
+from nsup._clone import syscalls as _sys
 from nsup._engine.restart import BackoffCounter, Intensity, wants_restart
 from nsup._policy.model import Backoff
+from nsup._process import wait_command
 
 # --- what the runner does with each transition, seen through a real supervisor ---------
 #
@@ -156,6 +159,58 @@ async def test_a_crash_while_starting_counts_too(tmp_path):
         status = a(sup)
         assert ("backoff", nsup.ExitStatus(code=3)) == (status.state, status.last_exit)
         assert [] == [e for e in rec.of("ready") if e.service == "a"]
+
+
+# --- the init's X<status> report: the next run may start while the old init exits ---------
+
+
+def _alive_with_argv(argv: list[str]) -> list[int]:
+    """Pids of live (not zombie) processes running exactly *argv*."""
+    want = "\0".join(argv).encode() + b"\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rpartition(b")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if cmdline == want and state != b"Z":
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("namespaces", [{"pid", "mount"}, set()])
+async def test_a_run_counts_as_ended_early_only_when_nothing_of_it_is_left(namespaces):
+    """A command that exits leaving a process behind: its status, and nothing of it alive.
+
+    ``wait_command`` may return before the init is reaped (the next run then
+    starts at once), but only once nothing else of the run is alive; a
+    leftover in the PID namespace makes it wait for the namespace to go.
+    """
+    leftover = ["sleep", "31337"]
+    spec = nsup.ProcessSpec(
+        argv=["sh", "-c", f"{' '.join(leftover)} & exit 3"], namespaces=namespaces
+    )
+    for _ in range(5):
+        async with nsup.spawn(spec) as proc:
+            status, reaped = await wait_command(proc)
+            assert (nsup.ExitStatus(code=3), []) == (status, _alive_with_argv(leftover))
+            assert reaped == (proc.status is not None)
+
+
+async def test_stop_returns_once_every_earlier_run_is_reaped():
+    """Runs that ended while their init still exited are reaped before stop() returns."""
+    quick = {"command": ["sh", "-c", "exit 1"], "backoff": {"initial": 0, "jitter": 0}}
+    async with supervised(quick, max_restarts=1000, within="1h") as (sup, rec):
+        started = await rec.wait("started", "a", count=10)
+        await sup.stop("a")
+        inits = {e.pid for e in started}
+        assert set() == inits & set(_sys.children(os.getpid()))
+        assert (True, "down") == (sup.status()["a"].pid is None, a(sup).state)
 
 
 @pytest.mark.parametrize(

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
-import resource
 import signal
 import sys
 import traceback
@@ -38,8 +38,9 @@ from .._control.client import resolve_control_path
 from .._control.http import HealthServer, open_health_socket
 from .._control.sd_notify import ParentNotifier
 from .._control.server import BoundSocket, ControlServer, bind_control_socket
+from .._engine.descriptors import descriptors_needed, raise_nofile
 from .._engine.output import FdWriter, PrefixView, escape
-from .._engine.supervisor import Supervisor
+from .._engine.supervisor import SPAWN_CONCURRENCY, Supervisor
 from .._errors import PolicyError
 from .._policy import load_policy
 from .._policy.preflight import preflight
@@ -127,11 +128,26 @@ class _Logger:
             self.live = False
 
 
-def _raise_nofile() -> None:
-    """Let a thousand services have their pidfds and pipes: soft NOFILE up to the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+def _raise_nofile(policy: Policy, log: _Logger) -> None:
+    """Raise RLIMIT_NOFILE for *policy* (see ``_engine/descriptors.py``); say so if it falls short."""
+    if short := raise_nofile(descriptors_needed(policy, SPAWN_CONCURRENCY)):
+        log.line(short)
+
+
+GC_YOUNG = 10_000  # allocations between young collections (Python's default is 700)
+
+
+def _tune_gc() -> None:
+    """Collect cycles less often: thousands of services keep tens of thousands of objects alive.
+
+    What is loaded by now (modules, the policy) is frozen out of every
+    collection; young collections come after 10,000 allocations, not 700.
+    With 1,000 services this halves the supervisor's CPU time in the cycle
+    collector at start-up (bench/run.py); garbage cycles still go, later.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
 
 EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE, as sysexits.h
@@ -363,8 +379,9 @@ def run(args: argparse.Namespace) -> int:
             control.close()
             log.line(exc.strerror or str(exc))
             return 2
-    _raise_nofile()
+    _raise_nofile(policy, log)
     _remove_leftovers(log)
+    _tune_gc()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would auto-reap ours
     if os.getpid() != 1:
         _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1)

@@ -48,7 +48,7 @@ import trio
 from .._cgroup import CgroupStatistics
 from .._errors import SpawnError
 from .._exitstatus import ExitStatus
-from .._process import Process, start_process
+from .._process import Process, start_process, wait_command
 from . import conditions
 from .events import Event, EventKind
 from .notify import NotifySocket
@@ -321,6 +321,7 @@ class Runner:
         self._crashed = False
         self._command_pid_of: tuple[int, int] | None = None  # (init pid, command pid) cached
         self._command_host_pid: int | None = None
+        self._reaping: set[Process] = set()  # ended runs whose init is still exiting
 
     # --- what the host calls --------------------------------------------------
 
@@ -378,9 +379,14 @@ class Runner:
         return self.state in (State.UP, *TERMINAL) or self.finished or self.blocked_on is not None
 
     @property
+    def reaping(self) -> bool:
+        """An ended run's init is still exiting (its command has exited and nothing of it is left)."""
+        return bool(self._reaping)
+
+    @property
     def quiet(self) -> bool:
-        """Nothing runs and nothing is scheduled (or the task has ended)."""
-        return self.finished or (self.state in QUIET and self.proc is None)
+        """Nothing runs and nothing is scheduled, every process is reaped (or the task has ended)."""
+        return self.finished or (self.state in QUIET and self.proc is None and not self._reaping)
 
     def send_signal(self, signo: int) -> bool:
         """Send *signo* to the running process; return whether there was one."""
@@ -647,12 +653,31 @@ class Runner:
             return  # _start reported the failure
         proc, notify, read_fds = started
         # Cancelled or failed here: run()'s teardown stops the process.
-        status = await self._supervise(proc, generation, notify, read_fds)
+        status, reaped = await self._supervise(proc, generation, notify, read_fds)
         self.oom_kills += proc.statistics().oom_kills  # its cgroup goes with it
-        with trio.CancelScope(shield=True):
-            await proc.aclose()  # reaped already: this closes its descriptors
+        if reaped or self._reaping:
+            await self._reap(proc)  # at most one earlier run is left to reap at a time
+        else:
+            # The command has exited and nothing of it is left: the next run may
+            # start while its init exits; quiet (and so stop()) waits for the reap.
+            self._reaping.add(proc)
+            assert self._nursery is not None  # noqa: S101
+            self._nursery.start_soon(self._reap_later, proc)
         self.proc = None
         self._report_exit(generation, status)
+
+    async def _reap(self, proc: Process) -> None:
+        """Reap a run's init (it only exits now), bounded by its stop timeout; close it."""
+        with trio.CancelScope(shield=True):
+            if proc.status is None:
+                with trio.move_on_after(proc.spec.stop_timeout):
+                    await proc.wait()
+            await proc.aclose()  # still there past the bound: stop() escalates to SIGKILL
+
+    async def _reap_later(self, proc: Process) -> None:
+        await self._reap(proc)
+        self._reaping.discard(proc)
+        self._notify()
 
     def _report_exit(self, generation: int, status: ExitStatus) -> None:
         """Feed the exit to the table, as its restart rule classes it."""
@@ -759,7 +784,8 @@ class Runner:
 
     async def _supervise(
         self, proc: Process, generation: int, notify: NotifySocket | None, read_fds: dict[str, int]
-    ) -> ExitStatus:
+    ) -> tuple[ExitStatus, bool]:
+        """Watch one run until its command exits; return how, and whether *proc* is reaped."""
         hooks: list[Callable[[str], None]] = []
         assert self._nursery is not None  # noqa: S101
         for name, fd in read_fds.items():
@@ -773,13 +799,13 @@ class Runner:
                 helpers.start_soon(self._readiness, proc, generation, notify, hooks)
                 if self._joined is not None:
                     helpers.start_soon(self._follow_owner, self._joined, proc)
-                status = await proc.wait()
+                status, reaped = await wait_command(proc)
                 helpers.cancel_scope.cancel()
         finally:
             if notify is not None:
                 notify.close()
         self._publish("exited", status=status, pid=proc.pid)
-        return status
+        return status, reaped
 
     async def _pump(
         self,
