@@ -72,6 +72,19 @@ async def test_root_with_no_capabilities():
     assert [int(fields[n], 16) for n in ("CapEff", "CapPrm", "CapBnd", "CapInh")] == [0, 0, 0, 0]
 
 
+async def test_the_init_holds_no_more_than_its_command():
+    """The init runs with the command's ids, capabilities and no_new_privs, never more."""
+    script = "grep -E '^(Uid|Gid|Cap[A-Z][a-z][a-z]|NoNewPrivs):' /proc/1/status /proc/self/status"
+    status, out = await run(
+        ["sh", "-c", script], user=1000, group=1000, capabilities=["CAP_NET_BIND_SERVICE"]
+    )
+    assert status.success, out
+    init = sorted(line.split(":", 1)[1] for line in out.splitlines() if line.startswith("/proc/1/"))
+    command = sorted(line.split(":", 1)[1] for line in out.splitlines() if "self" in line)
+    assert len(init) == 8  # Uid, Gid, five capability sets, NoNewPrivs
+    assert init == command
+
+
 async def test_root_keeps_everything_by_default():
     status, out = await run(["cat", "/proc/self/status"])
     assert status.success

@@ -232,6 +232,18 @@ async def test_rootfs_child_sees_only_its_root(rootfs):
     assert str(rootfs) not in Path("/proc/self/mounts").read_text()
 
 
+async def test_rootfs_holds_the_init_too(rootfs):
+    """The init's root and working directory are the rootfs's: /proc/1/cwd is no way out."""
+    if not os.path.islink("/bin"):
+        pytest.skip("needs a merged-/usr host")
+    status, out = await run(
+        ["sh", "-c", "readlink /proc/1/root /proc/1/cwd; cat /proc/1/cwd/marker"],
+        rootfs=str(rootfs),
+        mounts=[_usr()],
+    )
+    assert (status.success, out.split()) == (True, ["/", "/", "inside"])
+
+
 async def test_rootfs_devices_work(rootfs):
     if not os.path.islink("/bin"):
         pytest.skip("needs a merged-/usr host")

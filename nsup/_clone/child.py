@@ -282,15 +282,21 @@ def _move_fds(targets: list[int], sources: list[int], report_fd: int) -> int:
 
 
 def _resolve(name: str, env: dict[str, str]) -> str:
-    """Find *name* on the child's ``PATH`` as execvpe would; raise OSError if absent."""
+    """Find *name* on the child's ``PATH`` as execvpe would; raise OSError if absent.
+
+    Built from ``os.access`` and string formatting alone: the ``os.path``
+    helpers would pull their functions' pages (and a ``stat_result`` per
+    ``PATH`` entry) out of the zygote's shared memory into an init for good.
+    """
     if "/" in name:
         return name
     denied = False
     for directory in env.get("PATH", os.defpath).split(os.pathsep):
-        candidate = os.path.join(directory or ".", name)
-        if os.path.isfile(candidate):
-            if os.access(candidate, os.X_OK):
+        candidate = f"{directory or '.'}/{name}"
+        if os.access(candidate, os.X_OK):
+            if os.path.isfile(candidate):  # not a directory of that name
                 return candidate
+        elif os.access(candidate, os.F_OK) and os.path.isfile(candidate):
             denied = True
     raise OSError(13 if denied else 2, name)  # EACCES or ENOENT
 
@@ -327,6 +333,38 @@ def _setup(req: dict[str, Any], fds: list[int], supervisor_pidfd: int, sync_fd: 
     if req["umask"] >= 0:
         os.umask(req["umask"])
     _credentials(req)
+
+
+# More than CPython 3.11's quickening threshold (8 calls or loop turns).
+_WARM_UP_ROUNDS = 16
+_NOTHING_TO_DO = {
+    "rlimits": [],
+    "uid": -1,
+    "gid": -1,
+    "groups": None,
+    "caps": None,
+    "cap_last": 0,
+    "drop_caps": 0,
+    "nnp": False,
+}
+
+
+def warm_up() -> None:
+    """Run the side-effect-free parts of a child's path in the zygote, before its heap is frozen.
+
+    CPython 3.11 rewrites a function's code object while it warms up
+    (quickening, then specialising each instruction), and each rewritten page
+    of a code object the zygote never ran would be copied into every child
+    that runs it.  Run here, the rewrites happen once, in pages the children
+    then share.
+    """
+    env = {"PATH": os.defpath}
+    for _ in range(_WARM_UP_ROUNDS):
+        try:
+            _stage("warm-up", _resolve, "sh", env)
+        except _StageError:
+            pass  # a host without sh: the miss is warmed instead
+        _credentials(_NOTHING_TO_DO)
 
 
 def child_main(

@@ -186,7 +186,7 @@ def run_init(  # noqa: PLR0913 - the command, its report pipe, and two switches
         if os.getppid() != parent:
             os._exit(1)  # the supervisor died while the signal was being changed
     # Set before the command starts, so that it already sees its init's title.
-    name = env.get("NSUP_SERVICE") or os.path.basename(path)
+    name = env.get("NSUP_SERVICE") or path.rpartition("/")[2]  # not os.path: see _resolve
     set_title(f"nsup-init: {name}", "nsup-init")
     try:
         pid = _start_command(path, argv, env, subreaper=subreaper, listen_pid=listen_pid)

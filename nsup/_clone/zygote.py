@@ -94,6 +94,7 @@ def main(parent_pid: int, sock_fd: int) -> None:
     _child.have_mount_setattr()  # probed once here; every child inherits the answer
     sock = socket.socket(fileno=sock_fd)
     sock.set_inheritable(False)  # pass_fds made it inheritable; no command may hold it
+    _child.warm_up()  # the children's code specialised here, once, not in each of them
     gc.collect()
     gc.freeze()  # children share these pages; a gc pass in them must not touch them
     clear = _sys.CLONE_CLEAR_SIGHAND
