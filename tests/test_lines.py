@@ -215,7 +215,8 @@ async def test_it_ends_when_the_supervisor_block_is_left():
             outer.start_soon(collect)
             await sup.restart("w")
             await first.wait()
-    assert [b"hello"] == got
+    # The first run's line may arrive after the subscription too: one or two, never more.
+    assert got in ([b"hello"], [b"hello", b"hello"])
 
 
 async def test_it_ends_when_the_service_is_removed():
