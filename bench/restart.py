@@ -527,7 +527,9 @@ def toml_value(value: Any) -> str:
     raise TypeError(type(value))
 
 
-def nsup_policy(argv: list[str], count: int, namespaces: list[str] | None) -> dict[str, Any]:
+def nsup_policy(
+    argv: list[str], count: int, namespaces: list[str] | None, *, init: bool = True
+) -> dict[str, Any]:
     """The policy every nsup row runs: restart always, no backoff, output dropped."""
     service: dict[str, Any] = {
         "command": argv,
@@ -540,6 +542,8 @@ def nsup_policy(argv: list[str], count: int, namespaces: list[str] | None) -> di
     }
     if namespaces is not None:
         service["namespaces"] = namespaces
+    if not init:
+        service["init"] = False
     return {
         "supervisor": {"max_restarts": 1_000_000, "within": "1s"},
         "services": {"svc": service},
@@ -655,17 +659,22 @@ class Kind:
     label: str
     kind: str  # "nsup", "supervisord", "circus" or "floor"
     namespaces: list[str] | None = None  # nsup only; None = nsup's default
+    init: bool = True  # nsup only; False: the command itself, no init (one descriptor less)
 
     @property
     def ns_label(self) -> str:
         """How the row's isolation is shown."""
         if self.kind != "nsup":
             return "none"
-        return "default" if self.namespaces is None else ",".join(self.namespaces) or "[]"
+        label = "default" if self.namespaces is None else ",".join(self.namespaces) or "[]"
+        return label if self.init else f"{label}, init = false"
 
 
 NSUP_DEFAULT = Kind("nsup run", "nsup", DEFAULT_NS)
 NSUP_NONE = Kind("nsup run", "nsup", NO_NS)
+# The 10,000-service row: without an init each service holds one descriptor (its pidfd), not
+# two (and the init's report pipe); 10,000 with the init need a hard RLIMIT_NOFILE above 20,000.
+NSUP_BIG = Kind("nsup run", "nsup", NO_NS, init=False)
 SUPERVISORD = Kind("supervisord", "supervisord")
 CIRCUS = Kind("circusd", "circus")
 FLOOR = Kind("sh while loop (floor)", "floor")
@@ -752,7 +761,7 @@ def launch(
     work = Path(tempfile.mkdtemp(prefix=f"{kind.kind}-", dir=root))
     if kind.kind == "nsup":
         conf = work / "policy.toml"
-        conf.write_text(nsup_toml(nsup_policy(argv, count, kind.namespaces)))
+        conf.write_text(nsup_toml(nsup_policy(argv, count, kind.namespaces, init=kind.init)))
         nsup = str(Path(sys.executable).parent / "nsup")
         # Its own control socket: the default path is shared with any other nsup run here.
         cmd = [nsup, "run", "--control", str(work / "ctl.sock"), "--log-format", "json", str(conf)]

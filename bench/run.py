@@ -243,7 +243,7 @@ def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
             result["big"] = restart.section(
                 "big",
                 lambda: restart.measure_scale(
-                    procs, tools, root, args.big, kinds=[restart.NSUP_NONE], up_timeout=120
+                    procs, tools, root, args.big, kinds=[restart.NSUP_BIG], up_timeout=180
                 ),
                 notes,
             )
@@ -380,7 +380,13 @@ def table(cli: dict[str, Any], engine: dict[str, Any]) -> list[tuple[str, str, s
                     f"up <= {limit:g} s" if limit else "up, ready and down cleanly",
                     _verdict(up, limit)
                     if limit
-                    else ("PASS" if up is not None and row.get("left_behind") == 0 else "MISS"),
+                    else (
+                        "PASS"
+                        if up is not None
+                        and row.get("left_behind") == 0
+                        and row.get("exit_code") == 0
+                        else "MISS"
+                    ),
                 )
             )
     return rows
