@@ -103,7 +103,7 @@ def permanent_error(exc: OSError) -> bool:
 
 
 class RunnerHost(Protocol):
-    """What a runner needs from the supervisor that hosts it (``Supervisor`` implements it)."""
+    """What a runner needs from the supervisor that hosts it (``supervisor._Host`` carries it)."""
 
     @property
     def notify_dir(self) -> str:

@@ -1,7 +1,7 @@
 """The supervisor: one runner per instance, Erlang/OTP strategies, intensity, reload.
 
 Runners (``runner.py``) keep each instance going by the restart table; when
-one exits and its restart rule wants it back, it asks :meth:`Supervisor.on_exit`,
+one exits and its restart rule wants it back, it asks :meth:`Supervisor._on_exit`,
 which records the restart against the intensity and picks the strategy:
 
 - ``one_for_one``: the runner restarts alone, after its backoff delay;
@@ -67,7 +67,7 @@ from .runner import QUIET, Decision, Runner, ServiceStatus
 from .sockets import ServiceSockets
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 
     from .._policy import ServiceInstance
     from .._policy.model import OutputFile, Socket
@@ -132,6 +132,30 @@ class SupervisorFinishedError(NsupError, RuntimeError):
 
 
 @final
+@attrs.frozen
+class _Host:
+    """What a runner may ask of its supervisor (``RunnerHost``): the supervisor's private methods.
+
+    Handing runners this, not the supervisor itself, keeps the interface off
+    ``Supervisor``'s public surface.
+    """
+
+    notify_dir: str
+    spawn_limiter: trio.CapacityLimiter
+    emit: Callable[[Event], None]
+    output: Callable[[Line], None]
+    log_sink: Callable[[str | OutputFile, int], Callable[[Line], None]]
+    output_opened: Callable[[], None]
+    output_closed: Callable[[], None]
+    dependency: Callable[[str], Runner | None]
+    dependents: Callable[[str], list[Runner]]
+    listen_fds: Callable[[str, Sequence[Socket]], list[tuple[str, int]]]
+    wait_runners_changed: Callable[[], Coroutine[Any, Any, None]]
+    on_exit: Callable[[Runner], tuple[Decision, str]]
+    state_changed: Callable[[Runner], None]
+
+
+@final
 class Supervisor(metaclass=NoPublicConstructor):
     """A running policy.  Made by :func:`open_supervisor` (or ``nsup run``).
 
@@ -140,8 +164,9 @@ class Supervisor(metaclass=NoPublicConstructor):
     Its state is private; what a user may read is the read-only properties
     (``policy``, ``started_at``, ``stopping``, ``finished``, ``gave_up``).
 
-    It is the :class:`~nsup._engine.runner.RunnerHost` of its runners: the
-    methods under "what runners ask" are that interface, not API.
+    Its runners reach it through a :class:`_Host` (the
+    :class:`~nsup._engine.runner.RunnerHost` interface), made of its private
+    methods under "what runners ask": none of that is on its public surface.
     """
 
     _made_by = "nsup.open_supervisor()"
@@ -178,6 +203,21 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._sockets: dict[str, ServiceSockets] = {}  # per service, held across its restarts
         self._failed_at_end: list[str] = []  # failed() when everything had ended by itself
         self._dependents: dict[str, list[Runner]] | None = None  # by dependency; None: stale
+        self._host = _Host(
+            notify_dir=self._runtime_dir,
+            spawn_limiter=self._spawn_limiter,
+            emit=self._emit,
+            output=self._write_line,
+            log_sink=self._log_sink,
+            output_opened=self._output_opened,
+            output_closed=self._output_closed,
+            dependency=self._dependency,
+            dependents=self._dependents_of,
+            listen_fds=self._listen_fds,
+            wait_runners_changed=self._wait_runners_changed,
+            on_exit=self._on_exit,
+            state_changed=self._state_changed,
+        )
 
     @property
     def policy(self) -> Policy:
@@ -212,7 +252,7 @@ class Supervisor(metaclass=NoPublicConstructor):
 
     def _add(self, instance: ServiceInstance) -> Runner:
         """Make a runner for *instance* and start its task (``start_soon``: never waits)."""
-        runner = Runner(self, instance)
+        runner = Runner(self._host, instance)
         self._runners[instance.name] = runner
         self._instances[instance.name] = instance
         self._dependents = None
@@ -264,7 +304,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             for name in names:
                 nursery.start_soon(self._stop_one, name, members)
 
-    def dependents(self, name: str) -> list[Runner]:
+    def _dependents_of(self, name: str) -> list[Runner]:
         """The runners whose instance depends on *name* (part of the runner host).
 
         From an index rebuilt after runners change, so stopping n instances is O(n), not O(n^2).
@@ -281,7 +321,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         runner = self._runners.get(name)
         if runner is None:
             return
-        for dependent in self.dependents(name):
+        for dependent in self._dependents_of(name):
             if dependent.name in members:
                 await dependent.wait_for(lambda r: r.quiet)
         runner.send(Input.STOP)
@@ -298,27 +338,15 @@ class Supervisor(metaclass=NoPublicConstructor):
 
     # --- what runners ask (the RunnerHost interface) ------------------------------
 
-    @property
-    def notify_dir(self) -> str:
-        """Where runners bind notify sockets."""
-        return self._runtime_dir
-
-    @property
-    def spawn_limiter(self) -> trio.CapacityLimiter:
-        """Bounds the spawns in flight."""
-        return self._spawn_limiter
-
-    def emit(self, event: Event) -> None:
+    def _emit(self, event: Event) -> None:
         """Hand *event* to every subscriber."""
         self._bus.publish(event)
 
-    publish = emit
-
-    def output(self, line: Line) -> None:
+    def _write_line(self, line: Line) -> None:
         """Write one line of a service's output through the sink given at creation."""
         self._output(line)
 
-    def log_sink(self, target: str | OutputFile, pid: int) -> Callable[[Line], None]:
+    def _log_sink(self, target: str | OutputFile, pid: int) -> Callable[[Line], None]:
         """Route one stream of a service: its ``lines()`` subscribers, then the view, a file, journald or syslog."""
         route = self._routes.sink(target, pid)
         taps = self._taps
@@ -332,11 +360,11 @@ class Supervisor(metaclass=NoPublicConstructor):
 
         return sink
 
-    def output_opened(self) -> None:
+    def _output_opened(self) -> None:
         """Count an output pipe being read."""
         self._pumps += 1
 
-    def output_closed(self) -> None:
+    def _output_closed(self) -> None:
         """Count an output pipe done."""
         self._pumps -= 1
         self._pumps_changed.set()
@@ -344,11 +372,11 @@ class Supervisor(metaclass=NoPublicConstructor):
             self._taps.close()  # the supervisor finished and every pipe is read to the end
         self._pumps_changed = trio.Event()
 
-    def dependency(self, name: str) -> Runner | None:
+    def _dependency(self, name: str) -> Runner | None:
         """The current runner of *name*, if any."""
         return self._runners.get(name)
 
-    def listen_fds(self, service: str, specs: Sequence[Socket]) -> list[tuple[str, int]]:
+    def _listen_fds(self, service: str, specs: Sequence[Socket]) -> list[tuple[str, int]]:
         """The bound sockets of *service*: bound at its first start, held until it is removed.
 
         Every instance and every run shares them, so connections queue in
@@ -370,11 +398,11 @@ class Supervisor(metaclass=NoPublicConstructor):
         for service in [s for s in self._sockets if s not in kept]:
             self._sockets.pop(service).close()
 
-    async def wait_runners_changed(self) -> None:
+    async def _wait_runners_changed(self) -> None:
         """Return at the next runner added (start-up, reload, a failed runner revived)."""
         await self._runners_changed.wait()
 
-    def on_exit(self, runner: Runner) -> tuple[Decision, str]:
+    def _on_exit(self, runner: Runner) -> tuple[Decision, str]:
         """Decide what follows an exit that *runner*'s restart rule wants restarted."""
         if self._stopping:
             return "give_up", ""
@@ -394,7 +422,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 return "fail", message
         elif self._intensity.record(now):
             self._gave_up = GaveUpError(runner.name, sup.max_restarts, sup.within)
-            self.emit(Event(kind="gave_up", service=runner.name, message=str(self._gave_up)))
+            self._emit(Event(kind="gave_up", service=runner.name, message=str(self._gave_up)))
             self._nursery.start_soon(self.stop_all)
             return "give_up", ""
         strategy = sup.strategy
@@ -409,7 +437,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._group_busy = True
         try:
             delay = failed.next_backoff()
-            self.emit(
+            self._emit(
                 Event(
                     kind="restarting",
                     service=failed.name,
@@ -429,7 +457,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         finally:
             self._group_busy = False
 
-    def state_changed(self, runner: Runner) -> None:
+    def _state_changed(self, runner: Runner) -> None:
         """Called after every change: notice when nothing is left to run."""
         del runner
         if self._stopping or self._group_busy or self._done.is_set():
