@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -15,6 +16,16 @@ from nsup._engine.supervisor import Supervisor
 # A Python every user can run (root's pyenv lives in a private home), started
 # bare: used for children that need a little logic, such as signal handlers.
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+# The command line, as the tests' venv runs it.
+NSUP = [sys.executable, "-m", "nsup"]
+
+
+def nsup_exec(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``nsup exec ARGS`` (bounded: 60 s); return what it printed and its exit code."""
+    return subprocess.run(
+        [*NSUP, "exec", *args], capture_output=True, text=True, timeout=60, check=False, **kwargs
+    )
 
 
 async def read_all(stream: trio.abc.ReceiveStream | None) -> bytes:

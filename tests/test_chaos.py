@@ -21,7 +21,7 @@ import pytest
 import test_cmd_run as cmd_run
 import trio
 import trio.lowlevel
-from helpers import read_line
+from helpers import NSUP, read_line
 from test_rootless import SYSTEM_PYTHON, public_path, run_as_nobody  # noqa: F401 - a fixture
 from test_supervisor import Recorder as Events
 
@@ -33,7 +33,6 @@ from nsup._engine.supervisor import Supervisor, open_supervisor
 from nsup._errors import SpawnError
 from nsup._policy import Policy
 
-NSUP = [sys.executable, "-m", "nsup"]
 BARE = {"namespaces": [], "init": False}  # the cheapest spawn: many services, quickly
 FAST = {"initial": "10ms", "max": "10ms", "factor": 1.0, "jitter": 0.0}
 

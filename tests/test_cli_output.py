@@ -16,6 +16,7 @@ import threading
 from typing import TYPE_CHECKING
 
 import pytest
+from helpers import NSUP
 
 import nsup
 from nsup._cli import RUN_HELP
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-NSUP = [sys.executable, "-m", "nsup"]
 COUNT = 5000
 
 

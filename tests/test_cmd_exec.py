@@ -10,12 +10,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import NSUP, nsup_exec
 
 from nsup._cli import build_parser
 from nsup._cli.exec import build_spec
 from nsup._request import build_request
-
-NSUP = [sys.executable, "-m", "nsup"]
 
 
 @pytest.fixture(autouse=True, params=["direct", "spawn"])
@@ -23,12 +22,6 @@ def way(request, monkeypatch):
     """Every test runs both ways: cloned from the CLI itself, and through nsup.spawn."""
     monkeypatch.setenv("NSUP_EXEC_VIA", request.param)
     return request.param
-
-
-def nsup_exec(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*NSUP, "exec", *args], capture_output=True, text=True, timeout=60, check=False, **kwargs
-    )
 
 
 def test_readme_example_shows_an_isolated_process_table():

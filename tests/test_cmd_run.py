@@ -6,13 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import trio
-
-NSUP = [sys.executable, "-m", "nsup"]
+from helpers import NSUP
 
 
 class Run:

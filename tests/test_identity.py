@@ -7,11 +7,9 @@ import json
 import os
 import pwd
 import stat
-import subprocess
-import sys
 
 import pytest
-from helpers import PYTHON, run, run_once
+from helpers import PYTHON, nsup_exec, run, run_once
 
 from nsup import Policy, ProcessSpec, SpecError
 from nsup._cli import check as _cmd_check
@@ -380,16 +378,6 @@ async def test_a_lookup_that_hangs_fails_the_start_within_the_deadline(monkeypat
 
 
 # --- nsup exec ----------------------------------------------------------------------
-
-
-def nsup_exec(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nsup", "exec", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @root_only

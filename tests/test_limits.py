@@ -12,13 +12,12 @@ import os
 import re
 import resource
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import trio
-from helpers import PYTHON, read_line, run
+from helpers import PYTHON, nsup_exec, read_line, run
 
 import nsup
 from nsup import _cgroup
@@ -426,16 +425,6 @@ def test_layout_of_this_machine_matches_proc():
 
 
 # --- nsup exec ---------------------------------------------------------------------
-
-
-def nsup_exec(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nsup", "exec", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @needs("memory")

@@ -17,20 +17,18 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import trio
 import yaml
-from helpers import PYTHON
+from helpers import NSUP, PYTHON
 
 from nsup import Policy, PolicyError
 from nsup._control.sd_notify import ParentNotifier
 from nsup._policy import expand, load_policy
 
-NSUP = [sys.executable, "-m", "nsup"]
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "container"
 
