@@ -28,6 +28,18 @@ def nsup_exec(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     )
 
 
+async def open_nsup_run(
+    policy: os.PathLike[str], control: os.PathLike[str], *, argv: list[str] = NSUP, **kwargs: Any
+) -> trio.Process:
+    """Start ``nsup run POLICY --log-format json --control CONTROL``: its events on stderr (a pipe)."""
+    return await trio.lowlevel.open_process(
+        [*argv, "run", str(policy), "--log-format", "json", "--control", str(control)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
+
+
 async def read_all(stream: trio.abc.ReceiveStream | None) -> bytes:
     """Read *stream* to EOF."""
     assert stream is not None

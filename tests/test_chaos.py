@@ -13,7 +13,6 @@ import os
 import random
 import resource
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 import test_cmd_run as cmd_run
 import trio
 import trio.lowlevel
-from helpers import NSUP, read_line
+from helpers import NSUP, open_nsup_run, read_line
 from test_rootless import SYSTEM_PYTHON, public_path, run_as_nobody  # noqa: F401 - a fixture
 from test_supervisor import Recorder as Events
 
@@ -428,12 +427,7 @@ async def nsup_run(tmp_path):
                 if fixed:  # without CAP_SYS_RESOURCE, nsup cannot raise the hard limit
                     _sys.prctl(PR_CAPBSET_DROP, CAP_SYS_RESOURCE)
 
-        proc = await trio.lowlevel.open_process(
-            [*(argv or NSUP), "run", str(path), "--log-format", "json", "--control", str(control)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            preexec_fn=limit,
-        )
+        proc = await open_nsup_run(path, control, argv=argv or NSUP, preexec_fn=limit)
         run = Run(proc)
         runs.append(run)
         return run

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import NSUP
+from helpers import NSUP, open_nsup_run
 
 
 class Run:
@@ -67,19 +67,7 @@ async def nsup_run(tmp_path):
     async def start(policy_text: str) -> tuple[Run, Path]:
         path = tmp_path / "policy.toml"
         path.write_text(policy_text)
-        proc = await trio.lowlevel.open_process(
-            [
-                *NSUP,
-                "run",
-                str(path),
-                "--log-format",
-                "json",
-                "--control",
-                str(tmp_path / "control.sock"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        proc = await open_nsup_run(path, tmp_path / "control.sock")
         run = Run(proc)
         runs.append(run)
         return run, path

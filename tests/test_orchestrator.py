@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import trio
 import yaml
-from helpers import NSUP, PYTHON
+from helpers import NSUP, PYTHON, open_nsup_run
 
 from nsup import Policy, PolicyError
 from nsup._control.sd_notify import ParentNotifier
@@ -298,20 +298,7 @@ async def nsup_run(tmp_path, nursery):
     async def start(policy_text: str, **env: str) -> Lines:
         policy = tmp_path / "policy.toml"
         policy.write_text(policy_text)
-        proc = await trio.lowlevel.open_process(
-            [
-                *NSUP,
-                "run",
-                str(policy),
-                "--log-format",
-                "json",
-                "--control",
-                str(tmp_path / "c.sock"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **env},
-        )
+        proc = await open_nsup_run(policy, tmp_path / "c.sock", env={**os.environ, **env})
         lines = Lines(proc)
         started.append(lines)
         nursery.start_soon(lines.pump)
