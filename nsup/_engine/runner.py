@@ -12,7 +12,7 @@ belong to, and those from an older one are dropped (a READY from a process
 that has already exited, say).
 
 The runner knows its supervisor only through :class:`RunnerHost`, the small
-interface defined here and implemented by ``Supervisor``: emit an event, write
+record of the supervisor's private methods defined here: emit an event, write
 an output line, look up a dependency, decide what follows an exit.  Neither
 side touches the other's private state.
 
@@ -40,7 +40,7 @@ import math
 import os
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Literal, Protocol, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import attrs
 import trio
@@ -59,7 +59,7 @@ from .restart import Action, BackoffCounter, Input, State, transition, wants_res
 from .service_spec import spec_for
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from .._policy import ServiceInstance
     from .._policy.model import OutputFile, Socket
@@ -102,70 +102,46 @@ def permanent_error(exc: OSError) -> bool:
     return exc.errno in _PERMANENT_ERRNOS
 
 
-class RunnerHost(Protocol):
-    """What a runner needs from the supervisor that hosts it (``supervisor._Host`` carries it)."""
+@final
+@attrs.frozen
+class RunnerHost:
+    """What a runner may ask of the supervisor that hosts it: the supervisor's own private methods.
 
-    @property
-    def notify_dir(self) -> str:
-        """A private directory for notify sockets."""
-        ...
+    Handing runners this record, not the supervisor itself, keeps the interface
+    off ``Supervisor``'s public surface.
 
-    @property
-    def spawn_limiter(self) -> trio.CapacityLimiter:
-        """Bounds the spawns in flight, and so the descriptors they hold."""
-        ...
+    Attributes:
+        notify_dir: a private directory for notify sockets.
+        spawn_limiter: bounds the spawns in flight, and so the descriptors they hold.
+        emit: publish an event to every subscriber; never blocks, never raises.
+        output: write one line a service printed (it may raise: the runner fails, not the host).
+        log_sink: where lines of one stream go, by its ``stdout``/``stderr`` setting and pid.
+        output_opened: an output pipe is being read (the host waits for them at shutdown).
+        output_closed: an output pipe reached EOF or was dropped.
+        dependency: the current runner of instance *name*, if there is one.
+        dependents: the runners whose instance depends on *name*.
+        listen_fds: the bound sockets of a service (its *specs*) as ``(name, fd)``, bound at
+            the first call and held; raises ``nsup.SpawnError`` when one cannot be bound.
+        wait_runners_changed: return when a runner was added or replaced.
+        on_exit: decide what follows an exit of a runner that its restart rule wants
+            restarted; returns the decision and, for ``fail``, why.
+        state_changed: called after every change of a runner's state.
 
-    def emit(self, event: Event) -> None:
-        """Publish *event* to every subscriber; never blocks, never raises."""
-        ...
+    """
 
-    def output(self, line: Line) -> None:
-        """Write one line a service printed (it may raise: the runner fails, not the host)."""
-        ...
-
-    def log_sink(self, target: str | OutputFile, pid: int) -> Callable[[Line], None]:
-        """Return where lines of one stream go, by its ``stdout``/``stderr`` setting."""
-        ...
-
-    def output_opened(self) -> None:
-        """An output pipe is being read (the host waits for them at shutdown)."""
-        ...
-
-    def output_closed(self) -> None:
-        """An output pipe reached EOF or was dropped."""
-        ...
-
-    def dependency(self, name: str) -> Runner | None:
-        """The current runner of instance *name*, if there is one."""
-        ...
-
-    def listen_fds(self, service: str, specs: Sequence[Socket]) -> list[tuple[str, int]]:
-        """The bound sockets of *service* (its *specs*) as ``(name, fd)``, bound at the first call and held.
-
-        Raises:
-            nsup.SpawnError: a socket could not be bound.
-
-        """
-        ...
-
-    def dependents(self, name: str) -> list[Runner]:
-        """The runners whose instance depends on *name*."""
-        ...
-
-    async def wait_runners_changed(self) -> None:
-        """Return when a runner was added or replaced."""
-        ...
-
-    def on_exit(self, runner: Runner) -> tuple[Decision, str]:
-        """Decide what follows an exit of *runner* that its restart rule wants restarted.
-
-        Returns the decision and, for ``fail``, why.
-        """
-        ...
-
-    def state_changed(self, runner: Runner) -> None:
-        """Called after every change of *runner*'s state."""
-        ...
+    notify_dir: str
+    spawn_limiter: trio.CapacityLimiter
+    emit: Callable[[Event], None]
+    output: Callable[[Line], None]
+    log_sink: Callable[[str | OutputFile, int], Callable[[Line], None]]
+    output_opened: Callable[[], None]
+    output_closed: Callable[[], None]
+    dependency: Callable[[str], Runner | None]
+    dependents: Callable[[str], list[Runner]]
+    listen_fds: Callable[[str, Sequence[Socket]], list[tuple[str, int]]]
+    wait_runners_changed: Callable[[], Awaitable[None]]
+    on_exit: Callable[[Runner], tuple[Decision, str]]
+    state_changed: Callable[[Runner], None]
 
 
 @final

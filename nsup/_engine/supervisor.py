@@ -63,11 +63,11 @@ from .lines import LineSubscription, LineTaps
 from .output import Line, PrefixView, output_sink
 from .restart import Input, Intensity, State
 from .routes import OutputRoutes
-from .runner import QUIET, Decision, Runner, ServiceStatus
+from .runner import QUIET, Decision, Runner, RunnerHost, ServiceStatus
 from .sockets import ServiceSockets
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
     from .._policy import ServiceInstance
     from .._policy.model import OutputFile, Socket
@@ -132,30 +132,6 @@ class SupervisorFinishedError(NsupError, RuntimeError):
 
 
 @final
-@attrs.frozen
-class _Host:
-    """What a runner may ask of its supervisor (``RunnerHost``): the supervisor's private methods.
-
-    Handing runners this, not the supervisor itself, keeps the interface off
-    ``Supervisor``'s public surface.
-    """
-
-    notify_dir: str
-    spawn_limiter: trio.CapacityLimiter
-    emit: Callable[[Event], None]
-    output: Callable[[Line], None]
-    log_sink: Callable[[str | OutputFile, int], Callable[[Line], None]]
-    output_opened: Callable[[], None]
-    output_closed: Callable[[], None]
-    dependency: Callable[[str], Runner | None]
-    dependents: Callable[[str], list[Runner]]
-    listen_fds: Callable[[str, Sequence[Socket]], list[tuple[str, int]]]
-    wait_runners_changed: Callable[[], Coroutine[Any, Any, None]]
-    on_exit: Callable[[Runner], tuple[Decision, str]]
-    state_changed: Callable[[Runner], None]
-
-
-@final
 class Supervisor(metaclass=NoPublicConstructor):
     """A running policy.  Made by :func:`open_supervisor` (or ``nsup run``).
 
@@ -164,9 +140,9 @@ class Supervisor(metaclass=NoPublicConstructor):
     Its state is private; what a user may read is the read-only properties
     (``policy``, ``started_at``, ``stopping``, ``finished``, ``gave_up``).
 
-    Its runners reach it through a :class:`_Host` (the
-    :class:`~nsup._engine.runner.RunnerHost` interface), made of its private
-    methods under "what runners ask": none of that is on its public surface.
+    Its runners reach it through a :class:`~nsup._engine.runner.RunnerHost`
+    made of its private methods under "what runners ask": none of that is on
+    its public surface.
     """
 
     _made_by = "nsup.open_supervisor()"
@@ -203,7 +179,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._sockets: dict[str, ServiceSockets] = {}  # per service, held across its restarts
         self._failed_at_end: list[str] = []  # failed() when everything had ended by itself
         self._dependents: dict[str, list[Runner]] | None = None  # by dependency; None: stale
-        self._host = _Host(
+        self._host = RunnerHost(
             notify_dir=self._runtime_dir,
             spawn_limiter=self._spawn_limiter,
             emit=self._emit,
