@@ -29,6 +29,7 @@ import trio
 
 from . import _cgroup
 from ._clone import syscalls as _sys
+from ._clone.report import command_status, start_verdict
 from ._errors import SpawnError, SpecError
 from ._exitstatus import ExitStatus
 from ._request import build_request, has_init, preflight
@@ -197,10 +198,8 @@ class Process(metaclass=NoPublicConstructor):
 
     def _reported(self) -> ExitStatus | None:
         """The command's status from init's ``X<status>`` line, if it has arrived."""
-        for line in self._report.split(b"\n"):
-            if line.startswith(b"X"):
-                return ExitStatus.from_wait_status(int(line[1:]))
-        return None
+        status = command_status(self._report)
+        return None if status is None else ExitStatus.from_wait_status(status)
 
     def _with_oom(self, status: ExitStatus) -> ExitStatus:
         if (
@@ -401,13 +400,12 @@ async def _read_until_started(proc: Process) -> tuple[str, int] | None:
     """Wait for the child's verdict on exec: None if it runs, else (stage, errno)."""
     while True:
         eof = proc._read_report()  # noqa: SLF001 - same module's private state
-        for line in proc._report.split(b"\n"):  # noqa: SLF001
-            if line.startswith(b"E"):
-                stage, _, err = line[1:].decode().rpartition(":")
-                return stage, int(err)
-            if line.startswith(b"S"):
-                proc.command_pid = int(line[1:])
-                return None
+        verdict = start_verdict(proc._report)  # noqa: SLF001
+        if isinstance(verdict, tuple):
+            return verdict
+        if verdict is not None:
+            proc.command_pid = verdict
+            return None
         if eof:
             if proc._has_init:  # noqa: SLF001
                 return "init", 0  # init died before it could start the command

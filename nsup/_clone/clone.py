@@ -16,6 +16,8 @@ from .namespaces import CLONE_FLAGS
 
 __all__ = ["spawn_child"]
 
+_EINVAL = 22
+
 
 def _write_maps(pid: int, req: dict[str, Any]) -> None:
     if req["setgroups_deny"]:
@@ -26,10 +28,32 @@ def _write_maps(pid: int, req: dict[str, Any]) -> None:
             f.write(req[name])
 
 
+class _Kernel:
+    """What this kernel turned out to lack, learned once per process."""
+
+    clear_sighand = _sys.CLONE_CLEAR_SIGHAND  # 0 once clone3 refused it (Linux < 5.5)
+
+
 def spawn_child(
     req: dict[str, Any], fds: list[int], supervisor_pidfd: int, extra: int
 ) -> tuple[Any, int]:
     """Clone one child for *req* with the *extra* clone flags; return ``((pid, errno, message), pidfd)``.
+
+    ``CLONE_CLEAR_SIGHAND`` is added (the child starts with default handlers)
+    where the kernel has it: on the first EINVAL the clone is tried again
+    without it, and it is left out from then on.
+    """
+    reply, pidfd = _spawn(req, fds, supervisor_pidfd, extra | _Kernel.clear_sighand)
+    if reply[0] == 0 and reply[1] == _EINVAL and _Kernel.clear_sighand:
+        _Kernel.clear_sighand = 0
+        reply, pidfd = _spawn(req, fds, supervisor_pidfd, extra)
+    return reply, pidfd
+
+
+def _spawn(
+    req: dict[str, Any], fds: list[int], supervisor_pidfd: int, extra: int
+) -> tuple[Any, int]:
+    """Clone once, with the *extra* flags.
 
     The child runs :func:`child.child_main` and never returns here.  With a
     user namespace, the uid/gid maps are written before the child goes on.

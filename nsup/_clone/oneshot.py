@@ -27,13 +27,12 @@ from typing import TYPE_CHECKING, Any
 from . import syscalls as _sys
 from .clone import spawn_child
 from .init import exit_code
+from .report import command_status, start_verdict
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
 
 __all__ = ["Outcome", "run_once"]
-
-_EINVAL = 22
 
 
 class Outcome:
@@ -66,21 +65,18 @@ class Outcome:
             return "clone3", self.errno
         if self.errno:
             return "uid_map", self.errno
-        started = False
-        for line in self.report.split(b"\n"):
-            if line.startswith(b"E"):
-                stage, _, err = line[1:].decode().rpartition(":")
-                return stage, int(err)
-            started = started or line.startswith(b"S")
-        if self.has_init and not started:
+        verdict = start_verdict(self.report)
+        if isinstance(verdict, tuple):
+            return verdict
+        if self.has_init and verdict is None:
             return "init", 0  # init died before it could start the command
         return None
 
     def exit_code(self) -> int:
         """The command's own end as the shell numbers it: from init's ``X`` line, else the child's."""
-        for line in self.report.split(b"\n"):
-            if line.startswith(b"X"):
-                return exit_code(int(line[1:]))
+        status = command_status(self.report)
+        if status is not None:
+            return exit_code(status)
         assert self.code is not None  # noqa: S101 - failure() said the command ran
         return self.code
 
@@ -101,9 +97,7 @@ def _ignored_to_default() -> list[int]:
 def _clone(req: dict[str, Any], fds: list[int]) -> tuple[tuple[int, int, str], int]:
     own_pidfd = os.pidfd_open(os.getpid())  # the child checks it: did we die before PDEATHSIG?
     try:
-        reply, pidfd = spawn_child(req, fds, own_pidfd, _sys.CLONE_CLEAR_SIGHAND)
-        if reply[0] == 0 and reply[1] == _EINVAL:  # CLONE_CLEAR_SIGHAND needs Linux 5.5
-            reply, pidfd = spawn_child(req, fds, own_pidfd, 0)
+        reply, pidfd = spawn_child(req, fds, own_pidfd, 0)
     finally:
         os.close(own_pidfd)
     return reply, pidfd

@@ -97,16 +97,12 @@ def main(parent_pid: int, sock_fd: int) -> None:
     _child.warm_up()  # the children's code specialised here, once, not in each of them
     gc.collect()
     gc.freeze()  # children share these pages; a gc pass in them must not touch them
-    clear = _sys.CLONE_CLEAR_SIGHAND
     while True:
         msg, fds = _receive(sock)
         if not msg:
             return
         req = marshal.loads(msg)  # noqa: S302 - our own supervisor, over a private socketpair
-        reply, pidfd = spawn_child(req, fds, supervisor_pidfd, _sys.CLONE_PARENT | clear)
-        if reply[0] == 0 and reply[1] == 22 and clear:  # EINVAL: Linux < 5.5
-            clear = 0
-            reply, pidfd = spawn_child(req, fds, supervisor_pidfd, _sys.CLONE_PARENT | clear)
+        reply, pidfd = spawn_child(req, fds, supervisor_pidfd, _sys.CLONE_PARENT)
         socket.send_fds(sock, [marshal.dumps(reply)], [pidfd] if pidfd >= 0 else [])
         for fd in fds:
             os.close(fd)
