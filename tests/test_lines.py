@@ -44,14 +44,25 @@ def once_armed(flag, script: str) -> str:
     return f"if [ -e {flag} ]; then {script}; fi"
 
 
+async def arm(sup, *names_and_flags) -> None:
+    """Stop the services, then make their flags: no shell of a first run can still see one and print.
+
+    (A run counts as started before its shell has tested the flag, so touching the flag while the
+    first runs are up races with them.)
+    """
+    names, flags = names_and_flags[::2], names_and_flags[1::2]
+    await sup.stop(*names)
+    for flag in flags:
+        flag.touch()
+
+
 async def test_lines_arrive_in_order_with_their_stream_from_the_first_one(tmp_path):
     script = (
         "i=1; while [ $i -le 300 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done\n"
         r"printf 'bad \377 byte\n'"
     )
     async with supervised({"w": printer(once_armed(tmp_path / "f", script))}) as sup:
-        await sup.stop("w")
-        (tmp_path / "f").touch()
+        await arm(sup, "w", tmp_path / "f")
         async with sup.lines("w") as lines:  # registered now, before the start
             await sup.start("w")
             got = await take(lines, 601)
@@ -70,9 +81,9 @@ async def test_lines_arrive_in_order_with_their_stream_from_the_first_one(tmp_pa
 async def test_every_instance_and_every_run_is_followed(tmp_path):
     service = printer(once_armed(tmp_path / "f", "echo run $$"), instances=2)
     async with supervised({"w": service}) as sup:
+        await arm(sup, "w", tmp_path / "f")
         async with sup.lines("w") as lines:
-            (tmp_path / "f").touch()
-            await sup.restart("w")
+            await sup.start("w")
             first = await take(lines, 2)
             await sup.restart("w.1")
             (second,) = await take(lines, 1)
@@ -127,8 +138,7 @@ async def test_a_slow_reader_loses_lines_and_nothing_else_slows(tmp_path):
         "other": printer(once_armed(tmp_path / "other", f"seq -f %06g 1 {len(burst)}")),
     }
     async with supervised(services, output=callback) as sup:
-        (tmp_path / "w").touch()
-        (tmp_path / "other").touch()
+        await arm(sup, "w", tmp_path / "w", "other", tmp_path / "other")
         slow = sup.lines("w")  # not read until the end
         fast = sup.lines("other")
         fast_got = []
@@ -141,7 +151,7 @@ async def test_a_slow_reader_loses_lines_and_nothing_else_slows(tmp_path):
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_fast)
-            await sup.restart("w", "other")
+            await sup.start("w", "other")
             await all_seen.wait()  # the callback got every line: the pump was never held up
         assert NUMBERS == [t for n, t in seen_by_callback if n == "w"]
         assert burst == fast_got
@@ -169,8 +179,7 @@ async def test_a_slow_reader_is_bounded_in_bytes_for_long_lines_too(tmp_path):
         {"w": printer(once_armed(tmp_path / "f", script))},
         output=lambda n, t: done.set() if t == "end" else None,
     ) as sup:
-        await sup.stop("w")
-        (tmp_path / "f").touch()
+        await arm(sup, "w", tmp_path / "f")
         async with sup.lines("w") as lines:
             await sup.start("w")
             await done.wait()
@@ -207,8 +216,8 @@ async def test_it_ends_when_the_supervisor_block_is_left(tmp_path):
             trio.open_nursery() as outer,
             supervised({"w": printer(once_armed(tmp_path / "f", "echo hello"))}) as sup,
         ):
+            await arm(sup, "w", tmp_path / "f")
             lines = sup.lines("w")
-            (tmp_path / "f").touch()
 
             async def collect():
                 async for line in lines:
@@ -216,7 +225,7 @@ async def test_it_ends_when_the_supervisor_block_is_left(tmp_path):
                     first.set()
 
             outer.start_soon(collect)
-            await sup.restart("w")
+            await sup.start("w")
             await first.wait()
     assert [b"hello"] == got
 
@@ -224,9 +233,9 @@ async def test_it_ends_when_the_supervisor_block_is_left(tmp_path):
 async def test_it_ends_when_the_service_is_removed(tmp_path):
     async with supervised({}) as sup:
         await sup.add("t", printer(once_armed(tmp_path / "f", "echo hi")))
+        await arm(sup, "t", tmp_path / "f")
         async with sup.lines("t") as lines:
-            (tmp_path / "f").touch()
-            await sup.restart("t")
+            await sup.start("t")
             (hi,) = await take(lines, 1)
             await sup.remove("t")
             rest = [line async for line in lines]  # ends at the removal
