@@ -82,8 +82,8 @@ def _status_request(path: str) -> None:
         sock.makefile("rb").readline()
 
 
-# `nsup` without the venv's site start-up (this checkout's editable-install finder alone
-# costs more than a bare interpreter): what nsup itself adds to `python3 -I -S`.
+# `nsup` without the venv's site start-up (its .pth files, setuptools' distutils shim among
+# them): what nsup itself adds to `python3 -I -S`.
 NO_SITE = [
     PYTHON,
     "-I",
