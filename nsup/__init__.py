@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0.dev0"
 
@@ -111,7 +110,10 @@ def __dir__() -> list[str]:
     return sorted({*__all__, *(n for n in globals() if n.startswith("__"))})
 
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from typing import Any
+
     from . import lowlevel as lowlevel
     from ._cgroup import CgroupStatistics as CgroupStatistics
     from ._engine.events import Event as Event

@@ -9,8 +9,8 @@ code that does not know about nsup.  Messages are lower-case, quote values with
 from __future__ import annotations
 
 from errno import ENOENT
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from collections.abc import Sequence
 

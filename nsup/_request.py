@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING, Any
 
 from ._clone.caps import cap_last_cap, mask_of
 from ._clone.namespaces import CLONE_FLAGS
@@ -24,8 +23,9 @@ from ._spec_rules import (
     maps_root_unprivileged,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
-    from typing import Protocol
+    from typing import Any, Protocol
 
     from ._spec_rules import SpecLike
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING
 
 from ._clone.namespaces import CLONE_FLAGS
 from ._errors import SpawnError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from ._spec_rules import SpecLike
 

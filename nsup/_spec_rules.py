@@ -10,10 +10,10 @@ fields they read.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from ._errors import SpecError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Protocol

@@ -128,6 +128,12 @@ def test_check_imports_no_trio(tmp_path):
     assert "trio" not in imported
 
 
+def test_exec_imports_neither_trio_nor_attrs_nor_typing():
+    imported = _imported(["exec", "--", "true"])  # the direct way: a clone from this process
+    assert "nsup" in imported
+    assert {"trio", "attrs", "typing", "shutil"} & imported == set()
+
+
 def test_status_imports_neither_trio_nor_attrs(fake_supervisor):
     imported = _imported(["status", "--control", fake_supervisor])
     assert {"trio", "attrs", "shutil"} & imported == set()  # shutil: argparse's default width

@@ -19,11 +19,11 @@ import argparse
 import importlib
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from .. import __version__
 from .._errors import NsupError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from collections.abc import Sequence
 

@@ -25,7 +25,6 @@ import functools
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
 
 from .._clone.caps import check_capabilities
 from .._clone.namespaces import DEFAULT_NAMESPACES, check_namespaces
@@ -33,8 +32,10 @@ from .._clone.rlimits import RLIMITS
 from .._errors import SpawnError, SpecError
 from .._spec_rules import check_fields, check_mount
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
     from .._limits import Limits
     from .._spec import ProcessSpec

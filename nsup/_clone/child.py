@@ -44,11 +44,14 @@ import resource
 import select
 import signal
 import struct
-from typing import Any, NoReturn
 
 from . import init as _init
 from . import syscalls as _sys
 from .namespaces import CLONE_FLAGS
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = ["child_main"]
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import gc
 import os
 import signal
-from typing import Any
 
 from . import child as _child
 from . import syscalls as _sys
 from .namespaces import CLONE_FLAGS
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["spawn_child"]
 

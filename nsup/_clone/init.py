@@ -39,10 +39,13 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import NoReturn
 
 from . import syscalls as _sys
 from .title import set_title
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 __all__ = ["FORWARD_NEVER", "run_init"]
 

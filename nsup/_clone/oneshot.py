@@ -22,15 +22,16 @@ from __future__ import annotations
 import os
 import select
 import signal
-from typing import TYPE_CHECKING, Any
 
 from . import syscalls as _sys
 from .clone import spawn_child
 from .init import exit_code
 from .report import command_status, start_verdict
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
+    from typing import Any
 
 __all__ = ["Outcome", "run_once"]
 

@@ -21,8 +21,8 @@ import ctypes
 import errno
 import os
 import signal
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from collections.abc import Callable
 
