@@ -14,7 +14,7 @@ import os
 
 from ._clone.caps import cap_last_cap, mask_of
 from ._clone.namespaces import CLONE_FLAGS
-from ._clone.rlimits import RLIMITS
+from ._clone.rlimits import RLIMITS, found
 from ._spawn_errors import spawn_error
 from ._spec_rules import (
     ROOT_ID_MAP,
@@ -78,7 +78,7 @@ def build_request(
         "cgroup": -1,
         "cgroup_join": [],
         "rootfs": rootfs,
-        "rlimits": [(name, RLIMITS[name], value) for name, value in spec.limits.rlimits.items()],
+        "rlimits": _rlimits(spec),
         "uid": -1 if spec.user is None else spec.user,
         "gid": -1 if spec.group is None else spec.group,
         "groups": None if spec.groups is None else list(spec.groups),
@@ -90,6 +90,23 @@ def build_request(
         "join": -1,
         "join_flags": _join_flags(join),
     }
+
+
+def _rlimits(spec: SpecLike) -> list[tuple[str, int, int, int]]:
+    """(name, number, soft, hard) to set in the child: the spec's, then what nsup changed in itself.
+
+    An rlimit nsup raised in its own process (``nsup run``'s descriptors) goes
+    back to what nsup was started with, unless the spec sets it.
+    """
+    own = [(name, RLIMITS[name], value, value) for name, value in spec.limits.rlimits.items()]
+    numbers = {number for _name, number, _soft, _hard in own}
+    names = {number: name for name, number in RLIMITS.items()}
+    restored = [
+        (names[number], number, soft, hard)
+        for number, (soft, hard) in found().items()
+        if number not in numbers
+    ]
+    return own + restored
 
 
 def has_init(spec: SpecLike, join: JoinLike | None) -> bool:

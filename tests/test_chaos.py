@@ -415,7 +415,11 @@ async def nsup_run(tmp_path):
     runs: list[Run] = []
 
     async def start(
-        text: str, *, argv: list[str] | None = None, nofile: int | None = None, fixed: bool = True
+        text: str,
+        *,
+        argv: list[str] | None = None,
+        nofile: int | tuple[int, int] | None = None,
+        fixed: bool = True,
     ) -> Run:
         path = tmp_path / "policy.toml"
         path.write_text(text)
@@ -423,7 +427,8 @@ async def nsup_run(tmp_path):
 
         def limit() -> None:
             if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+                soft_hard = nofile if isinstance(nofile, tuple) else (nofile, nofile)
+                resource.setrlimit(resource.RLIMIT_NOFILE, soft_hard)
                 if fixed:  # without CAP_SYS_RESOURCE, nsup cannot raise the hard limit
                     _sys.prctl(PR_CAPBSET_DROP, CAP_SYS_RESOURCE)
 
@@ -491,6 +496,33 @@ async def test_running_out_of_descriptors_is_contained_and_sigterm_still_stops(n
     run.proc.send_signal(signal.SIGTERM)
     assert await run.finish() == 0
     assert not [r for r in run.records if r["event"] == "failed"]
+
+
+async def test_services_get_the_descriptor_limit_nsup_was_started_with(nsup_run, tmp_path):
+    # nsup raises its own soft limit to the hard one to hold every service's pipes; its
+    # children get back what it was started with (over 1024, select() breaks), or their own.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    script = f"echo $(ulimit -Sn) $(ulimit -Hn) > {tmp_path}/$0; echo written; exec sleep 1000"
+    services = {"plain": "", "init": "init = true", "own": "limits = { nofile = 300 }"}
+    text = "".join(
+        f'[services.{name}]\ncommand = ["sh", "-c", "{script}", "{name}"]\n'
+        f'ready = {{ log = "written" }}\n{extra}\n'
+        for name, extra in services.items()
+    )
+    run = await nsup_run(text, nofile=(512, hard))
+    for _ in services:
+        await run.wait_until(lambda r: r["event"] == "ready")
+    limits = await trio.Path(f"/proc/{run.proc.pid}/limits").read_text()
+    own = next(line.split()[3:5] for line in limits.splitlines() if "open files" in line)
+    assert [str(hard), str(hard)] == own  # nsup's own, raised
+    written = {name: (tmp_path / name).read_text().split() for name in services}
+    assert {
+        "plain": ["512", str(hard)],
+        "init": ["512", str(hard)],
+        "own": ["300", "300"],
+    } == written
+    run.proc.send_signal(signal.SIGTERM)
+    assert await run.finish() == 0
 
 
 def _may_raise_hard_limits() -> bool:

@@ -213,8 +213,8 @@ def _credentials(req: dict[str, Any]) -> None:
     permitted set across ``setuid``; the ambient set then carries the kept
     capabilities across exec for a non-root user.
     """
-    for name, number, value in req["rlimits"]:
-        _stage(f"setrlimit {name}", resource.setrlimit, number, (value, value))
+    for name, number, soft, hard in req["rlimits"]:
+        _stage(f"setrlimit {name}", resource.setrlimit, number, (soft, hard))
     uid, gid, caps = req["uid"], req["gid"], req["caps"]
     if req["drop_caps"]:
         _drop_caps(req["drop_caps"])

@@ -1,4 +1,8 @@
-"""The rlimits by the names users write, and the ``resource.RLIMIT_*`` number of each.
+"""Rlimits: the names users write, and what nsup changed in its own process.
+
+:data:`RLIMITS` maps each name to its ``resource.RLIMIT_*`` number;
+:func:`set_own` and :func:`found` keep the limits nsup was started with,
+which its children get back.
 
 Standard library only: ``nsup exec``'s direct way reads the table without
 loading attrs; ``nsup._limits`` re-exports it.
@@ -13,7 +17,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run t
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["RLIMITS"]
+__all__ = ["RLIMITS", "found", "set_own"]
 
 #: Policy name of each rlimit -> the ``resource.RLIMIT_*`` constant.  ``cpu`` in
 #: ``limits`` means cgroup cores, so the CPU-time rlimit is called ``cputime``.
@@ -36,3 +40,28 @@ RLIMITS: Mapping[str, int] = MappingProxyType(
         "stack": resource.RLIMIT_STACK,
     }
 )
+
+# rlimit number -> (soft, hard) as nsup found it, for each rlimit it changed in itself.
+_FOUND: dict[int, tuple[int, int]] = {}
+
+
+def set_own(number: int, soft: int, hard: int) -> None:
+    """Set rlimit *number* of nsup's own process, remembering what it was the first time.
+
+    ``nsup run`` raises its ``RLIMIT_NOFILE`` to hold every service's pipes;
+    its children must not inherit that (a soft limit over 1024 breaks
+    ``select()``): each gets back the limit nsup was started with, unless its
+    spec sets that rlimit (:func:`found`).
+
+    Raises:
+        OSError: as ``setrlimit`` does (EPERM: a hard limit raised without
+            CAP_SYS_RESOURCE; EINVAL).
+    """
+    before = resource.getrlimit(number)
+    resource.setrlimit(number, (soft, hard))
+    _FOUND.setdefault(number, before)
+
+
+def found() -> dict[int, tuple[int, int]]:
+    """Each rlimit nsup changed in its own process -> (soft, hard) as nsup found it."""
+    return dict(_FOUND)

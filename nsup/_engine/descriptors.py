@@ -7,7 +7,8 @@ service holds its bound ``sockets`` and its log files once, however many
 instances it has.  Spawns in flight hold a few more each, and at most
 ``SPAWN_CONCURRENCY`` are in flight.
 
-``nsup run`` raises its soft limit to the hard one at start; when the
+``nsup run`` raises its soft limit to the hard one at start (its children
+get back the limit it was started with, :func:`nsup._clone.rlimits.set_own`); when the
 policy needs more than that, it tries to raise the hard limit too (root
 may, up to ``fs.nr_open``), and otherwise says how many it needs: the
 instances that find no descriptor fail to start with ``EMFILE`` and are
@@ -19,6 +20,7 @@ from __future__ import annotations
 import resource
 from typing import TYPE_CHECKING
 
+from .._clone.rlimits import set_own
 from .._policy.model import OutputFile
 from .routes import through_nsup
 
@@ -57,12 +59,13 @@ def raise_nofile(need: int) -> str | None:
         try:
             with open(NR_OPEN, encoding="ascii") as f:
                 ceiling = int(f.read())
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, ceiling),) * 2)
+            top = min(need, ceiling)
+            set_own(resource.RLIMIT_NOFILE, top, top)
         except (OSError, ValueError):
             pass  # not privileged (or no /proc): the soft limit still goes up to the hard one
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        set_own(resource.RLIMIT_NOFILE, hard, hard)
         soft = hard
     if soft == resource.RLIM_INFINITY or soft >= need:
         return None
