@@ -498,6 +498,23 @@ async def test_running_out_of_descriptors_is_contained_and_sigterm_still_stops(n
     assert not [r for r in run.records if r["event"] == "failed"]
 
 
+async def test_a_reload_that_needs_more_descriptors_than_the_limit_says_so(nsup_run, tmp_path):
+    # 10 services fit in 400 descriptors (nsup's own and the spawns in flight take about 320).
+    run = await nsup_run(toml_sleepers(10), nofile=400)
+    await run.wait_until(lambda r: r["event"] == "ready")
+    (tmp_path / "policy.toml").write_text(
+        "[supervisor]\nmax_restarts = 100000\n" + toml_sleepers(300)
+    )
+    run.proc.send_signal(signal.SIGHUP)
+    short = await run.wait_until(lambda r: "descriptors" in r.get("message", ""))
+    assert "this policy needs about" in short["message"], short
+    assert "RLIMIT_NOFILE is 400" in short["message"], short
+    run.proc.send_signal(signal.SIGTERM)
+    assert await run.finish() == 0
+    said = [r["message"] for r in run.records if "descriptors" in r.get("message", "")]
+    assert 1 == len(said), said  # not at start: 10 services fit
+
+
 async def test_services_get_the_descriptor_limit_nsup_was_started_with(nsup_run, tmp_path):
     # nsup raises its own soft limit to the hard one to hold every service's pipes; its
     # children get back what it was started with (over 1024, select() breaks), or their own.

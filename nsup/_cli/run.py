@@ -220,6 +220,7 @@ async def _reload(
             log.line(f"reload of {path} refused; the running policy stays: {exc}")
             raise
         before = sup.policy.supervisor
+        _raise_nofile(policy, log)  # more services may need more descriptors
         outcome = await sup.reload(policy)
     finally:
         parent.reloaded()
