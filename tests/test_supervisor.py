@@ -143,6 +143,26 @@ LISTEN = (
 )
 
 
+async def test_exec_probes_run_at_most_probe_concurrency_at_once(monkeypatch, tmp_path):
+    # Each probe marks itself running for 0.2 s and writes how many it saw running.
+    monkeypatch.setattr(nsup._engine.supervisor, "PROBE_CONCURRENCY", 2)
+    running, counts = tmp_path / "running", tmp_path / "counts"
+    running.mkdir()
+    probe = f"touch {running}/$$; ls {running} | wc -l >> {counts}; sleep 0.2; rm {running}/$$"
+    service = {
+        "command": ["sleep", "100"],
+        "namespaces": [],
+        "instances": 6,
+        "ready": {"exec": ["sh", "-c", probe], "timeout": "30s"},
+    }
+    async with open_supervisor(policy({"w": service}), output=lambda n, l: None) as sup:
+        with trio.fail_after(30):
+            await sup.wait_ready("w")  # all six probes passed
+    seen = [int(n) for n in counts.read_text().split()]
+    assert 6 <= len(seen)
+    assert 2 == max(seen), seen  # two at once (six started together), never more
+
+
 @pytest.mark.parametrize(
     ("db", "ready"),
     [

@@ -40,7 +40,7 @@ from .._control.sd_notify import ParentNotifier
 from .._control.server import BoundSocket, ControlServer, bind_control_socket
 from .._engine.descriptors import descriptors_needed, raise_nofile
 from .._engine.output import FdWriter, PrefixView, escape
-from .._engine.supervisor import SPAWN_CONCURRENCY, Supervisor
+from .._engine.supervisor import PROBE_CONCURRENCY, SPAWN_CONCURRENCY, Supervisor
 from .._errors import PolicyError
 from .._policy import load_policy
 from .._policy.preflight import preflight
@@ -130,7 +130,7 @@ class _Logger:
 
 def _raise_nofile(policy: Policy, log: _Logger) -> None:
     """Raise RLIMIT_NOFILE for *policy* (see ``_engine/descriptors.py``); say so if it falls short."""
-    if short := raise_nofile(descriptors_needed(policy, SPAWN_CONCURRENCY)):
+    if short := raise_nofile(descriptors_needed(policy, SPAWN_CONCURRENCY, PROBE_CONCURRENCY)):
         log.line(short)
 
 

@@ -5,7 +5,8 @@ report pipe (with ``init``); one pipe per output stream that goes through
 nsup (anything but ``"null"``); its notify socket (``ready = notify``).  A
 service holds its bound ``sockets`` and its log files once, however many
 instances it has.  Spawns in flight hold a few more each, and at most
-``SPAWN_CONCURRENCY`` are in flight.
+``SPAWN_CONCURRENCY`` are in flight, and at most ``PROBE_CONCURRENCY`` exec
+probes.
 
 ``nsup run`` raises its soft limit to the hard one at start (its children
 get back the limit it was started with, :func:`nsup._clone.rlimits.set_own`); when the
@@ -26,6 +27,7 @@ from .routes import through_nsup
 
 if TYPE_CHECKING:
     from .._policy import Policy
+    from .._policy.model import Service
 
 __all__ = ["BASE", "IN_FLIGHT", "descriptors_needed", "raise_nofile"]
 
@@ -34,9 +36,15 @@ IN_FLIGHT = 8  # held by one spawn in flight: pipes, the cgroup, the request's c
 NR_OPEN = "/proc/sys/fs/nr_open"
 
 
-def descriptors_needed(policy: Policy, concurrency: int) -> int:
-    """The descriptors nsup holds with every instance of *policy* running (an upper estimate)."""
+def descriptors_needed(policy: Policy, concurrency: int, probes: int) -> int:
+    """The descriptors nsup holds with every instance of *policy* running (an upper estimate).
+
+    *concurrency* spawns of services may be in flight, and *probes* exec
+    probes, if the policy has any.
+    """
     total = BASE + concurrency * IN_FLIGHT
+    if any(_has_exec_probe(service) for service in policy.services.values()):
+        total += probes * IN_FLIGHT
     for service in policy.services.values():
         each = 1 + (1 if service.init else 0)
         each += sum(through_nsup(target) for target in (service.stdout, service.stderr))
@@ -46,6 +54,12 @@ def descriptors_needed(policy: Policy, concurrency: int) -> int:
         total += len(service.sockets)
         total += sum(isinstance(t, OutputFile) for t in (service.stdout, service.stderr))
     return total
+
+
+def _has_exec_probe(service: Service) -> bool:
+    return any(
+        probe is not None and probe.kind == "exec" for probe in (service.ready, service.health)
+    )
 
 
 def raise_nofile(need: int) -> str | None:

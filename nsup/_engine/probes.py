@@ -159,8 +159,15 @@ async def tcp_until(host: str, port: int, proc: Process | None, limit: float) ->
     return False
 
 
-async def exec_probe(argv: tuple[str, ...], proc: Process, limit: float) -> bool:
-    """Run *argv* inside *proc*'s namespaces; True if it exits 0 within *limit*."""
+async def exec_probe(
+    argv: tuple[str, ...], proc: Process, limit: float, limiter: trio.CapacityLimiter
+) -> bool:
+    """Run *argv* inside *proc*'s namespaces; True if it exits 0 within *limit*.
+
+    It runs under *limiter* (a turn waited for counts toward *limit*): the
+    probes of thousands of services never hold more descriptors at once than
+    the limiter's size allows.
+    """
     from .._process import spawn  # noqa: PLC0415 - _process imports nothing of ours back
     from .._spec import ProcessSpec  # noqa: PLC0415
 
@@ -174,6 +181,6 @@ async def exec_probe(argv: tuple[str, ...], proc: Process, limit: float) -> bool
         stop_timeout=1.0,
     )
     with trio.move_on_after(limit):
-        async with spawn(spec, join=proc) as probe:
+        async with limiter, spawn(spec, join=proc) as probe:
             return (await probe.wait()).success
     return False

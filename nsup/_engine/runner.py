@@ -113,6 +113,7 @@ class RunnerHost:
     Attributes:
         notify_dir: a private directory for notify sockets.
         spawn_limiter: bounds the spawns in flight, and so the descriptors they hold.
+        probe_limiter: bounds the exec probes running at once, likewise.
         emit: publish an event to every subscriber; never blocks, never raises.
         output: write one line a service printed (it may raise: the runner fails, not the host).
         log_sink: where lines of one stream go, by its ``stdout``/``stderr`` setting and pid.
@@ -131,6 +132,7 @@ class RunnerHost:
 
     notify_dir: str
     spawn_limiter: trio.CapacityLimiter
+    probe_limiter: trio.CapacityLimiter
     emit: Callable[[Event], None]
     output: Callable[[Line], None]
     log_sink: Callable[[str | OutputFile, int], Callable[[Line], None]]
@@ -853,7 +855,7 @@ class Runner:
             host, port = probe.tcp
             return await tcp_until(host, port, proc, probe.timeout)
         if probe.kind == "exec":
-            while not await exec_probe(probe.exec, proc, probe.timeout):  # noqa: ASYNC110 - no event for "ready"
+            while not await exec_probe(probe.exec, proc, probe.timeout, self._host.probe_limiter):  # noqa: ASYNC110 - no event for "ready"
                 await trio.sleep(RETRY_INTERVAL)
             return True
         return await self._log_ready(LogMatcher(probe.log), hooks)
@@ -901,7 +903,7 @@ class Runner:
                 ok = await tcp_once(health.tcp[0], health.tcp[1], proc, health.timeout)
             elif health.kind == "exec":
                 assert health.exec is not None  # noqa: S101
-                ok = await exec_probe(health.exec, proc, health.timeout)
+                ok = await exec_probe(health.exec, proc, health.timeout, self._host.probe_limiter)
             else:
                 ok, seen[0] = seen[0], False
             failures = 0 if ok else failures + 1

@@ -38,7 +38,8 @@ The failure model (docs/failure-model.md)
 - Spawns run under a ``trio.CapacityLimiter`` (``SPAWN_CONCURRENCY``): the
   descriptors held by spawns in flight are bounded, and running out of
   descriptors is a transient spawn failure of one instance, retried with
-  backoff.
+  backoff.  Exec probes run under a limiter of their own
+  (``PROBE_CONCURRENCY``), so they never hold up a start, nor a start them.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from .._policy.model import OutputFile, Socket
 
 __all__ = [
+    "PROBE_CONCURRENCY",
     "QUIET",
     "SPAWN_CONCURRENCY",
     "GaveUpError",
@@ -84,6 +86,7 @@ __all__ = [
 
 OUTPUT_DRAIN = 1.0  # seconds stop_all waits for output pipes to reach EOF
 SPAWN_CONCURRENCY = 32  # spawns in flight at once (each holds a few descriptors)
+PROBE_CONCURRENCY = 32  # exec probes running at once, apart from the spawns of services
 
 
 class GaveUpError(NsupError, RuntimeError):
@@ -176,12 +179,14 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._runners_changed = trio.Event()
         self._reload_lock = trio.Lock()
         self._spawn_limiter = trio.CapacityLimiter(SPAWN_CONCURRENCY)
+        self._probe_limiter = trio.CapacityLimiter(PROBE_CONCURRENCY)
         self._sockets: dict[str, ServiceSockets] = {}  # per service, held across its restarts
         self._failed_at_end: list[str] = []  # failed() when everything had ended by itself
         self._dependents: dict[str, list[Runner]] | None = None  # by dependency; None: stale
         self._host = RunnerHost(
             notify_dir=self._runtime_dir,
             spawn_limiter=self._spawn_limiter,
+            probe_limiter=self._probe_limiter,
             emit=self._emit,
             output=self._write_line,
             log_sink=self._log_sink,
