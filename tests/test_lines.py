@@ -244,6 +244,19 @@ async def test_it_ends_when_the_service_is_removed(tmp_path):
     assert [] == rest
 
 
+async def test_a_removed_service_s_last_lines_reach_its_subscribers():
+    # On SIGTERM it prints 30,000 lines (170 kB, more than a pipe holds) and exits: the last are
+    # still in the pipe, or being split into lines, when it is reaped.
+    script = "trap 'seq 1 30000; exit 0' TERM; echo up; while :; do sleep 0.05; done"
+    service = {"command": ["sh", "-c", script], "namespaces": [], "ready": {"log": "up"}}
+    async with supervised({}) as sup:
+        await sup.add("t", service)
+        async with sup.lines("t") as lines:
+            await sup.remove("t")
+            got = [line.data async for line in lines]  # ends at the removal
+    assert [str(i).encode() for i in range(1, 30001)] == got
+
+
 async def test_a_subscription_made_after_the_finish_ends_at_once():
     async with supervised({"w": printer("echo hi")}) as sup:
         pass

@@ -117,8 +117,9 @@ class RunnerHost:
         emit: publish an event to every subscriber; never blocks, never raises.
         output: write one line a service printed (it may raise: the runner fails, not the host).
         log_sink: where lines of one stream go, by its ``stdout``/``stderr`` setting and pid.
-        output_opened: an output pipe is being read (the host waits for them at shutdown).
-        output_closed: an output pipe reached EOF or was dropped.
+        output_opened: an output pipe of the named instance is being read (the host waits
+            for them at shutdown, and when it removes the instance).
+        output_closed: an output pipe of the named instance reached EOF or was dropped.
         dependency: the current runner of instance *name*, if there is one.
         dependents: the runners whose instance depends on *name*.
         listen_fds: the bound sockets of a service (its *specs*) as ``(name, fd)``, bound at
@@ -136,8 +137,8 @@ class RunnerHost:
     emit: Callable[[Event], None]
     output: Callable[[Line], None]
     log_sink: Callable[[str | OutputFile, int], Callable[[Line], None]]
-    output_opened: Callable[[], None]
-    output_closed: Callable[[], None]
+    output_opened: Callable[[str], None]
+    output_closed: Callable[[str], None]
     dependency: Callable[[str], Runner | None]
     dependents: Callable[[str], list[Runner]]
     listen_fds: Callable[[str, Sequence[Socket]], list[tuple[str, int]]]
@@ -770,7 +771,7 @@ class Runner:
             # A pump outlives this run if a descendant keeps the pipe open.
             stream: Stream = "stderr" if name == "stderr" else "stdout"
             sink = self._host.log_sink(getattr(self.instance.spec, stream), proc.pid)
-            self._host.output_opened()
+            self._host.output_opened(self.name)
             self._nursery.start_soon(self._pump, trio.lowlevel.FdStream(fd), hooks, stream, sink)
         try:
             async with trio.open_nursery() as helpers:
@@ -796,7 +797,7 @@ class Runner:
             async with pipe:
                 await pump_lines(pipe, self.name, sink, hooks, which=stream)
         finally:
-            self._host.output_closed()
+            self._host.output_closed(self.name)
 
     async def _readiness(
         self,

@@ -44,6 +44,7 @@ The failure model (docs/failure-model.md)
 
 from __future__ import annotations
 
+import collections
 import shutil
 import time
 from contextlib import asynccontextmanager
@@ -68,7 +69,7 @@ from .runner import QUIET, Decision, Runner, RunnerHost, ServiceStatus
 from .sockets import ServiceSockets
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 
     from .._policy import ServiceInstance
     from .._policy.model import OutputFile, Socket
@@ -175,6 +176,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._group_busy = False
         self._instances: dict[str, ServiceInstance] = {}
         self._pumps = 0  # output pipes still being read
+        self._pumps_of: collections.Counter[str] = collections.Counter()  # the same, by instance
         self._pumps_changed = trio.Event()
         self._runners_changed = trio.Event()
         self._reload_lock = trio.Lock()
@@ -269,15 +271,21 @@ class Supervisor(metaclass=NoPublicConstructor):
         async with self._reload_lock:  # a reload in flight finishes (it stops early) first
             while busy := [n for n, r in self._runners.items() if not r.quiet]:
                 await self._stop_group(busy)
-        # Print what the services wrote before they died.  A descendant that
-        # escaped (no PID namespace) may hold a pipe open: wait a little only.
-        with trio.move_on_after(OUTPUT_DRAIN):
-            while self._pumps:
-                await self._pumps_changed.wait()
+        await self._drain()  # print what the services wrote before they died
         self._finish()
         self._taps.close()  # even if a pipe is still held open: the drain wait is over
         for runner in self._runners.values():
             runner.close()
+
+    async def _drain(self, names: Collection[str] | None = None) -> None:
+        """Wait until the output pipes of instances *names* (None: of all) are read to the end.
+
+        A descendant that escaped (no PID namespace) may hold a pipe open: wait
+        OUTPUT_DRAIN seconds at most.
+        """
+        with trio.move_on_after(OUTPUT_DRAIN):
+            while self._pumps if names is None else any(n in self._pumps_of for n in names):
+                await self._pumps_changed.wait()
 
     async def _stop_group(self, names: list[str]) -> None:
         members = set(names)
@@ -341,13 +349,17 @@ class Supervisor(metaclass=NoPublicConstructor):
 
         return sink
 
-    def _output_opened(self) -> None:
-        """Count an output pipe being read."""
+    def _output_opened(self, instance: str) -> None:
+        """Count an output pipe of *instance* being read."""
         self._pumps += 1
+        self._pumps_of[instance] += 1
 
-    def _output_closed(self) -> None:
-        """Count an output pipe done."""
+    def _output_closed(self, instance: str) -> None:
+        """Count an output pipe of *instance* done."""
         self._pumps -= 1
+        self._pumps_of[instance] -= 1
+        if not self._pumps_of[instance]:
+            del self._pumps_of[instance]
         self._pumps_changed.set()
         if not self._pumps and self._done.is_set():
             self._taps.close()  # the supervisor finished and every pipe is read to the end
@@ -739,6 +751,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._intensity.max_restarts = policy.supervisor.max_restarts
         self._intensity.within = policy.supervisor.within
         await self._stop_group(removed + changed)
+        await self._drain(removed)  # their lines() subscribers get the last lines too
         for name in removed + changed:
             self._forget(name)
         self._close_sockets(keep=policy.services)  # a removed service's, once it is down
