@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
 
 from . import child as _child
 from . import syscalls as _sys
 from .namespaces import CLONE_FLAGS
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+TYPE_CHECKING = False  # not typing's: see child.py
 if TYPE_CHECKING:
+    import signal
     from typing import Any
+else:
+    import _signal as signal  # see child.py
 
 __all__ = ["spawn_child"]
 

@@ -38,14 +38,16 @@ for init before it starts), so it is not forwarded a second time.
 from __future__ import annotations
 
 import os
-import signal
 
 from . import syscalls as _sys
 from .title import set_title
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+TYPE_CHECKING = False  # not typing's: see child.py
 if TYPE_CHECKING:
+    import signal
     from typing import NoReturn
+else:
+    import _signal as signal  # see child.py
 
 __all__ = ["FORWARD_NEVER", "run_init"]
 
@@ -101,18 +103,28 @@ def _kill_tree() -> None:
             return
 
 
-def _reap(main_pid: int) -> int | None:
-    """Reap every zombie now present; return the main child's status if reaped."""
-    status = None
+class _Reaped:
+    """What one round of reaping found: the main child's status, and whether any child is left."""
+
+    __slots__ = ("alone", "status")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.alone = False  # no child left at all (ECHILD): so no descendant either
+
+
+def _reap(main_pid: int, reaped: _Reaped) -> None:
+    """Reap every zombie now present into *reaped*: the main child's status, and whether none is left."""
     while True:
         try:
             pid, wait_status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return status
+            reaped.alone = True
+            return
         if pid == 0:
-            return status
+            return
         if pid == main_pid:
-            status = wait_status
+            reaped.status = wait_status
 
 
 def _fork_exec(
@@ -199,23 +211,41 @@ def run_init(  # noqa: PLR0913 - the command, its report pipe, and two switches
     os.write(report_fd, b"S%d\n" % pid)
     os.closerange(3, report_fd)
     os.closerange(report_fd + 1, _MAX_FD)
+    reaped = _serve(pid, parent, subreaper=subreaper)
+    if not reaped.alone:
+        if subreaper:
+            # What the command left behind goes with it, as in a PID namespace.  (With
+            # no child left there is no descendant either: the walk is skipped.)
+            _kill_tree()
+        _reap(pid, reaped)
+    assert reaped.status is not None  # noqa: S101 - _serve returns once the command is reaped
+    os.write(report_fd, b"X%d\n" % reaped.status)
+    if reaped.alone:
+        # Nothing of the run is left, so the supervisor that X just woke starts the
+        # next run at once: let it have this CPU before our exit (the copy of the
+        # zygote's memory, the namespaces) takes a few hundred microseconds of it.
+        os.sched_yield()
+    os._exit(exit_code(reaped.status))
+
+
+def _serve(pid: int, parent: int, *, subreaper: bool) -> _Reaped:
+    """Forward signals to the command *pid* and reap, until the command is reaped.
+
+    A subreaper whose supervisor (*parent*) died kills its tree and exits here.
+    """
     signals = signal.valid_signals()
-    status: int | None = None
-    while status is None:
+    reaped = _Reaped()
+    while reaped.status is None:
         info = signal.sigwaitinfo(signals)
         signo = info.si_signo
         if subreaper and os.getppid() != parent:
             _kill_tree()  # the supervisor is gone: nothing of ours may outlive it
             os._exit(128 + signal.SIGKILL)
         if signo == signal.SIGCHLD:
-            status = _reap(pid)
+            _reap(pid, reaped)
         elif signo == PARENT_DIED:
             continue
         elif signo not in FORWARD_NEVER and info.si_code != SI_KERNEL:
             # The command is our unreaped child, so its pid cannot be recycled.
             os.kill(pid, signo)
-    if subreaper:
-        _kill_tree()  # what the command left behind goes with it, as in a PID namespace
-    _reap(pid)
-    os.write(report_fd, b"X%d\n" % status)
-    os._exit(exit_code(status))
+    return reaped

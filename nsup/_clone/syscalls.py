@@ -20,11 +20,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import signal
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+TYPE_CHECKING = False  # not typing's: see child.py
 if TYPE_CHECKING:
+    import signal
     from collections.abc import Callable
+else:
+    import _signal as signal  # see child.py
 
 __all__ = [
     "AT_RECURSIVE",

@@ -31,22 +31,28 @@ Wire format: a request is one ``marshal``-encoded dict plus descriptors
 
 from __future__ import annotations
 
-import array
+import _socket  # not socket: its enums and selectors would add to every clone's copy
 import gc
 import marshal
 import os
-import signal
-import socket
+import struct
 
 from . import child as _child
 from . import syscalls as _sys
 from .clone import spawn_child
 from .title import set_title
 
+TYPE_CHECKING = False  # not typing's: see child.py
+if TYPE_CHECKING:
+    import signal
+else:
+    import _signal as signal  # see child.py
+
 __all__ = ["main"]
 
 _MAX_REQUEST = 1 << 20
 _MAX_FDS = 250  # SCM_RIGHTS carries at most 253 per message
+_INT = struct.calcsize("i")  # one descriptor in SCM_RIGHTS
 
 
 def _prepare_signals() -> None:
@@ -66,21 +72,21 @@ def _prepare_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
 
 
-def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
+def _receive(sock: _socket.socket) -> tuple[bytes, list[int]]:
     """One request and its descriptors, received close-on-exec.
 
     (``socket.recv_fds`` would do, but it drops its *flags* argument on
     Python 3.11, and without ``MSG_CMSG_CLOEXEC`` every command would inherit
     the descriptors of the requests before it.)
     """
-    fds = array.array("i")
+    fds: list[int] = []
     msg, ancillary, _flags, _addr = sock.recvmsg(
-        _MAX_REQUEST, socket.CMSG_LEN(_MAX_FDS * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+        _MAX_REQUEST, _socket.CMSG_LEN(_MAX_FDS * _INT), _socket.MSG_CMSG_CLOEXEC
     )
     for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    return msg, list(fds)
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.extend(struct.unpack(f"{len(data) // _INT}i", data[: len(data) - len(data) % _INT]))
+    return msg, fds
 
 
 def main(parent_pid: int, sock_fd: int) -> None:
@@ -92,8 +98,9 @@ def main(parent_pid: int, sock_fd: int) -> None:
     set_title("nsup-zygote", "nsup-zygote")
     _prepare_signals()
     _child.have_mount_setattr()  # probed once here; every child inherits the answer
-    sock = socket.socket(fileno=sock_fd)
-    sock.set_inheritable(False)  # pass_fds made it inheritable; no command may hold it
+    # pass_fds made it inheritable; no command may hold it
+    os.set_inheritable(sock_fd, False)  # noqa: FBT003 - positional-only
+    sock = _socket.socket(fileno=sock_fd)
     _child.warm_up()  # the children's code specialised here, once, not in each of them
     gc.collect()
     gc.freeze()  # children share these pages; a gc pass in them must not touch them
@@ -103,7 +110,8 @@ def main(parent_pid: int, sock_fd: int) -> None:
             return
         req = marshal.loads(msg)  # noqa: S302 - our own supervisor, over a private socketpair
         reply, pidfd = spawn_child(req, fds, supervisor_pidfd, _sys.CLONE_PARENT)
-        socket.send_fds(sock, [marshal.dumps(reply)], [pidfd] if pidfd >= 0 else [])
+        rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", pidfd))]
+        sock.sendmsg([marshal.dumps(reply)], rights if pidfd >= 0 else [])
         for fd in fds:
             os.close(fd)
         if pidfd >= 0:
