@@ -147,6 +147,10 @@ class Process(metaclass=NoPublicConstructor):
             return _cgroup.CgroupStatistics()
         return self._cgroup.statistics()
 
+    def _oom_kills(self) -> int:
+        """``statistics().oom_kills`` alone: one file read, not every counter."""
+        return 0 if self._cgroup is None else self._cgroup.oom_kills()
+
     async def wait(self) -> ExitStatus:
         """Wait until the child exits, reap it, and return how it ended.
 
@@ -202,11 +206,7 @@ class Process(metaclass=NoPublicConstructor):
         return None if status is None else ExitStatus.from_wait_status(status)
 
     def _with_oom(self, status: ExitStatus) -> ExitStatus:
-        if (
-            status.signal == signal.SIGKILL
-            and self._cgroup is not None
-            and self._cgroup.oom_kills() > 0
-        ):
+        if status.signal == signal.SIGKILL and self._oom_kills() > 0:
             return attrs.evolve(status, oom_killed=True)
         return status
 
@@ -313,6 +313,11 @@ async def wait_command(proc: Process) -> tuple[ExitStatus, bool]:
         if eof or status is not None:
             return await proc.wait(), True
         await trio.lowlevel.wait_readable(fd)
+
+
+def oom_kills(proc: Process) -> int:
+    """How many processes the OOM killer ended in *proc*'s cgroup (one file read); 0 without one."""
+    return proc._oom_kills()  # noqa: SLF001 - same module's private state
 
 
 _KILL_ROUNDS = 64  # a tree that keeps forking faster than we kill is a fork bomb; stop there

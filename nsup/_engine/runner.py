@@ -48,7 +48,7 @@ import trio
 from .._cgroup import CgroupStatistics
 from .._errors import SpawnError
 from .._exitstatus import ExitStatus
-from .._process import Process, start_process, wait_command
+from .._process import Process, oom_kills, start_process, wait_command
 from . import conditions
 from .events import Event, EventKind
 from .notify import NotifySocket
@@ -427,13 +427,25 @@ class Runner:
         self._host.state_changed(self)
 
     async def _loop(self) -> None:
-        async for event, generation, payload in self._inbox:
-            if generation is not None and generation != self.generation:
-                continue
-            action, new_state = transition(self.state, event)
-            self.state = new_state
-            self._perform(action, event, payload)
-            self._notify()
+        async for first in self._inbox:
+            item = first
+            while True:
+                self._step(*item)
+                # Inputs an action queued (a restart without delay queues its start)
+                # are taken now, not after another trip through trio's scheduler.
+                try:
+                    item = self._inbox.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break  # nothing queued (an ended channel ends the loop above)
+
+    def _step(self, event: Input, generation: int | None, payload: Any) -> None:
+        """Feed one input to the table and perform its action."""
+        if generation is not None and generation != self.generation:
+            return
+        action, new_state = transition(self.state, event)
+        self.state = new_state
+        self._perform(action, event, payload)
+        self._notify()
 
     def _crash(self, group: BaseExceptionGroup[Exception]) -> None:
         self._crashed = True
@@ -550,13 +562,23 @@ class Runner:
         assert self._nursery is not None  # noqa: S101
         self.state = State.BACKOFF
         self._publish("restarting", delay=delay)
+        if delay <= 0:
+            # No delay to wait out: the next start is queued behind this input at
+            # once (a task and a trip through trio's scheduler less per restart).
+            # An input queued meanwhile (a stop) comes after it, as it would
+            # once a delay had run out.
+            self._delay_done(self.generation)
+            return
         self._nursery.start_soon(self._delay, delay, self.generation)
 
     async def _delay(self, delay: float, generation: int) -> None:
         with trio.CancelScope() as self._delay_scope:
             await trio.sleep(delay)
-            self.restarts += 1
-            self.send(Input.DELAY_DONE, generation)
+            self._delay_done(generation)
+
+    def _delay_done(self, generation: int) -> None:
+        self.restarts += 1
+        self.send(Input.DELAY_DONE, generation)
 
     def _kill(self) -> None:
         assert self._nursery is not None  # noqa: S101
@@ -633,7 +655,7 @@ class Runner:
         proc, notify, read_fds = started
         # Cancelled or failed here: run()'s teardown stops the process.
         status, reaped = await self._supervise(proc, generation, notify, read_fds)
-        self.oom_kills += proc.statistics().oom_kills  # its cgroup goes with it
+        self.oom_kills += oom_kills(proc)  # its cgroup goes with it
         if reaped or self._reaping:
             await self._reap(proc)  # at most one earlier run is left to reap at a time
         else:
