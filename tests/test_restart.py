@@ -131,6 +131,18 @@ async def test_stop_during_backoff_cancels_the_pending_restart():
         assert "up" == a(sup).state
 
 
+async def test_a_restart_without_delay_counts_each_run_and_stops_on_request():
+    """Backoff 0 queues the next start at once; each counts, and a stop still ends the loop."""
+    crash = {"command": ["sh", "-c", "exit 1"], "namespaces": [], "backoff": {"initial": 0}}
+    async with supervised(crash, max_restarts=1000, within="1h") as (sup, rec):
+        await rec.wait("started", "a", count=5)
+        assert [0.0] * 4 == [e.delay for e in rec.of("restarting")][:4]
+        await sup.stop("a")
+        await settled()
+        status = a(sup)
+        assert ("down", None, True) == (status.state, status.pid, status.restarts >= 4)
+
+
 @pytest.mark.parametrize("how", ["start", "restart"])
 async def test_an_ended_service_can_be_started_again(how):
     async with supervised({**SLEEPER, "restart": "never"}) as (sup, rec):

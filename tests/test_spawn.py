@@ -163,10 +163,15 @@ async def test_exit_codes(code, init):
     assert status.exit_code == code
 
 
+@pytest.mark.parametrize("namespaces", [["pid", "mount"], []], ids=["pid", "subreaper"])
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGKILL, signal.SIGSEGV])
-async def test_death_by_signal_is_reported_as_such(signo):
-    """Under nsup's init the command (PID 2) kills itself; the init reports the signal."""
-    status, _ = await run(["sh", "-c", f"kill -{signo.name[3:]} $$"], namespaces=["pid", "mount"])
+async def test_death_by_signal_is_reported_as_such(signo, namespaces):
+    """Under nsup's init the command kills itself; the init reports the signal.
+
+    As PID 1, and as a subreaper with no PID namespace, which reports as soon
+    as it has reaped the command and finds no child left.
+    """
+    status, _ = await run(["sh", "-c", f"kill -{signo.name[3:]} $$"], namespaces=namespaces)
     assert status.signal == signo
     assert status.exit_code == 128 + signo
 
