@@ -110,11 +110,6 @@ def main(parent_pid: int, sock_fd: int) -> None:
             return
         req = marshal.loads(msg)  # noqa: S302 - our own supervisor, over a private socketpair
         reply, pidfd = spawn_child(req, fds, supervisor_pidfd, _sys.CLONE_PARENT)
-        if pidfd >= 0:
-            # The new child first, where it shares our CPU: its set-up up to exec is
-            # what the supervisor waits for, and the reply wakes the supervisor for
-            # work that can wait (a restart reaps the run before, say).
-            os.sched_yield()
         rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", pidfd))]
         sock.sendmsg([marshal.dumps(reply)], rights if pidfd >= 0 else [])
         for fd in fds:
