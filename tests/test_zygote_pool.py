@@ -13,6 +13,7 @@ import threading
 
 import pytest
 import trio
+from helpers import kill_and_wait
 
 import nsup
 from nsup import _zygote_client
@@ -75,13 +76,7 @@ async def test_one_spawn_at_a_time_keeps_one_zygote():
 async def test_a_killed_second_zygote_is_replaced_and_nothing_fails():
     assert await _run_many(8) == [nsup.ExitStatus(code=0)] * 8
     old = _slots()[1]
-    fd = os.pidfd_open(old.pid)
-    try:
-        os.kill(old.pid, signal.SIGKILL)
-        with trio.fail_after(10):
-            await trio.lowlevel.wait_readable(fd)
-    finally:
-        os.close(fd)
+    await kill_and_wait(old.pid)
     assert await _run_many(8) == [nsup.ExitStatus(code=0)] * 8
     assert old._proc.poll() is not None  # reaped, not left a zombie
     assert old.pid not in _zygote_client.zygote_pids()
