@@ -2,8 +2,8 @@
 
 A thread may have up to :data:`ZYGOTES` zygotes (one per core, two at most):
 a clone is a fork of the zygote, serial within one, so while one zygote is
-busy the next request goes to another.  The second starts only when a
-request finds the first busy; a caller's own bound (the supervisor's
+busy the next request goes to another.  The second starts only when
+requests queue up for the first (:data:`BACKLOG`); a caller's own bound (the supervisor's
 ``SPAWN_CONCURRENCY``) still bounds the requests in flight.
 
 See ``_clone/zygote.py`` for why the zygote exists.  One zygote serves one thread
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 __all__ = [
+    "BACKLOG",
     "OWNED",
     "ROUND_TRIP_TIMEOUT",
     "ZYGOTES",
@@ -196,8 +197,12 @@ class Zygote:
 ZYGOTES = min(2, os.cpu_count() or 1)
 """Zygotes per thread at most: clones run in parallel on that many cores.
 
-The second one starts only when a request finds the first busy.
+The second one starts only when a request finds the first busy with
+:data:`BACKLOG` requests waiting.
 """
+
+BACKLOG = 4
+"""Requests waiting for the least busy zygote before another one is started."""
 
 _zygotes: dict[tuple[int, int, int], Zygote] = {}  # (pid, thread, slot)
 
@@ -254,21 +259,30 @@ def get_zygote(slot: int = 0) -> Zygote:
 def _pick() -> int:
     """The slot of the zygote the next request goes to.
 
-    An idle zygote first, in slot order; with every one busy, a zygote not
-    started yet (so a program that spawns one child at a time has one
-    zygote); with all :data:`ZYGOTES` busy, the one with the fewest requests
-    waiting for it.
+    An idle zygote first, in slot order.  With every one busy, a zygote not
+    started yet, but only once :data:`BACKLOG` requests wait for the least
+    busy one: a program that spawns a few children at a time keeps one
+    zygote (and its memory).  Otherwise the zygote with the fewest requests
+    waiting.  A zygote found exited is reaped here and its slot is free.
     """
     here = (os.getpid(), threading.get_ident())
     waiting = []
+    free = None
     for slot in range(ZYGOTES):
         zygote = _zygotes.get((*here, slot))
-        if zygote is None or zygote.broken:
-            return slot
+        if zygote is not None and (zygote.broken or zygote._proc.poll() is not None):  # noqa: SLF001
+            del _zygotes[(*here, slot)]
+            zygote.close()
+            zygote = None
+        if zygote is None:
+            free = slot if free is None else free
+            continue
         lock = zygote._lock  # noqa: SLF001 - same module
         if not lock.locked():
             return slot
         waiting.append((lock.statistics().tasks_waiting, slot))
+    if free is not None and (not waiting or min(waiting)[0] >= BACKLOG):
+        return free
     return min(waiting)[1]
 
 

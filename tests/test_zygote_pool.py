@@ -67,27 +67,28 @@ async def test_concurrent_spawns_start_a_second_zygote_and_use_both(monkeypatch)
     assert _zygote_client.zygote_pids() >= {z.pid for z in slots.values()}
 
 
-async def test_one_spawn_at_a_time_keeps_one_zygote():
-    for _ in range(3):
-        assert await _run_many(1) == [nsup.ExitStatus(code=0)]
+async def test_a_few_spawns_at_a_time_keep_one_zygote(monkeypatch):
+    monkeypatch.setattr(_zygote_client, "BACKLOG", 4)
+    for n in (1, 4):  # 4 at once: 3 wait for the first zygote, fewer than BACKLOG
+        assert await _run_many(n) == [nsup.ExitStatus(code=0)] * n
     assert sorted(_slots()) == [0]
 
 
 async def test_a_killed_second_zygote_is_replaced_and_nothing_fails():
-    assert await _run_many(8) == [nsup.ExitStatus(code=0)] * 8
+    assert await _run_many(16) == [nsup.ExitStatus(code=0)] * 16
     old = _slots()[1]
     await kill_and_wait(old.pid)
-    assert await _run_many(8) == [nsup.ExitStatus(code=0)] * 8
+    assert await _run_many(16) == [nsup.ExitStatus(code=0)] * 16
     assert old._proc.poll() is not None  # reaped, not left a zombie
     assert old.pid not in _zygote_client.zygote_pids()
 
 
 async def test_a_stopped_zygote_is_replaced_and_nothing_fails():
-    assert await _run_many(8) == [nsup.ExitStatus(code=0)] * 8
+    assert await _run_many(16) == [nsup.ExitStatus(code=0)] * 16
     old = _slots()[0]
     os.kill(old.pid, signal.SIGSTOP)
     try:
-        assert await _run_many(8) == [nsup.ExitStatus(code=0)] * 8
+        assert await _run_many(16) == [nsup.ExitStatus(code=0)] * 16
     finally:
         if old._proc.poll() is None:
             os.kill(old.pid, signal.SIGKILL)
@@ -96,7 +97,7 @@ async def test_a_stopped_zygote_is_replaced_and_nothing_fails():
 
 
 async def test_hold_zygotes_waits_for_every_zygote():
-    assert await _run_many(8) == [nsup.ExitStatus(code=0)] * 8
+    assert await _run_many(16) == [nsup.ExitStatus(code=0)] * 16
     slots = _slots()
     async with _zygote_client.hold_zygotes():
         assert all(z._lock.locked() for z in slots.values())
