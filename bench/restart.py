@@ -1228,6 +1228,31 @@ def measure_idle(
 # ---------------------------------------------------------------- 4. scale
 
 
+def cpu_split(pid: int) -> dict[str, float]:
+    """On-CPU seconds so far (schedstat) of supervisor *pid*, its zygotes, inits and commands.
+
+    Where the start of many services goes: each share is summed over the
+    processes of that kind still alive (``nsup-zygote``, ``nsup-init``, and
+    the commands below an init or, without one, beside it).
+    """
+
+    def on_cpu(of: int) -> float:
+        return cpu_ns(of)[1] / 1e9
+
+    split = {"supervisor": on_cpu(pid), "zygotes": 0.0, "inits": 0.0, "commands": 0.0}
+    for child in children(pid):
+        with contextlib.suppress(OSError, ValueError):
+            name = (cmdline(child) or [b""])[0]
+            if name.startswith(b"nsup-zygote"):
+                split["zygotes"] += on_cpu(child)
+            elif name.startswith(b"nsup-init"):
+                split["inits"] += on_cpu(child)
+                split["commands"] += sum(on_cpu(c) for c in children(child))
+            else:
+                split["commands"] += on_cpu(child)
+    return {k: round(v, 3) for k, v in split.items()}
+
+
 def measure_scale(
     procs: Processes,
     tools: Tools,
@@ -1256,6 +1281,7 @@ def measure_scale(
         try:
             up = run.wait_up(up_timeout, poll=0.05)
             row["up_s"] = round(up - run.launched_at, 3)
+            row["cpu_s"] = cpu_split(run.child.pid) if kind.kind == "nsup" else None
             peak = [vm_hwm_kb(run.child.pid) or 0]
 
             def sample(pid: int = run.child.pid, peak: list[int] = peak) -> None:
@@ -1441,6 +1467,9 @@ def print_scale(result: dict[str, Any]) -> None:
             f"{fmt(row['peak_rss_mb'], '.1f', 11)} {row['exit_code']:>5} {row['left_behind']:>5} "
             f"{fmt_ratio(row['up_ratio']):>8} {fmt_ratio(row['stop_ratio']):>10}"
         )
+        if row.get("cpu_s"):
+            split = ", ".join(f"{k} {v:.2f}" for k, v in row["cpu_s"].items())
+            print(f"  CPU seconds at all-up: {split}")
         if "note" in row:
             print(f"  note: {row['note']}")
 

@@ -1,5 +1,11 @@
 """The supervisor's side of the zygote: start it once per thread, ask it to clone.
 
+A thread may have up to :data:`ZYGOTES` zygotes (one per core, two at most):
+a clone is a fork of the zygote, serial within one, so while one zygote is
+busy the next request goes to another.  The second starts only when
+requests queue up for the first (:data:`BACKLOG`); a caller's own bound (the supervisor's
+``SPAWN_CONCURRENCY``) still bounds the requests in flight.
+
 See ``_clone/zygote.py`` for why the zygote exists.  One zygote serves one thread
 of one process: children made with ``CLONE_PARENT`` count the thread that
 started the zygote as their parent, and ``PR_SET_PDEATHSIG`` fires when that
@@ -36,7 +42,16 @@ from ._errors import SpawnError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-__all__ = ["OWNED", "ROUND_TRIP_TIMEOUT", "clone", "get_zygote", "hold_zygotes", "zygote_pids"]
+__all__ = [
+    "BACKLOG",
+    "OWNED",
+    "ROUND_TRIP_TIMEOUT",
+    "ZYGOTES",
+    "clone",
+    "get_zygote",
+    "hold_zygotes",
+    "zygote_pids",
+]
 
 ROUND_TRIP_TIMEOUT = 10.0
 """Seconds one clone request may take, lock wait excluded (a clone takes milliseconds)."""
@@ -100,9 +115,13 @@ class Zygote:
         """False once the zygote has exited, or while it is stopped (SIGSTOP, a tracer)."""
         if self.broken or self._proc.poll() is not None:
             return False
-        try:
-            with open(f"/proc/{self.pid}/stat", "rb") as f:
-                state = f.read().rpartition(b")")[2].split()[0]
+        try:  # three syscalls, not open()'s eight: this runs before every clone
+            fd = os.open(f"/proc/{self.pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                stat = os.read(fd, 4096)
+            finally:
+                os.close(fd)
+            state = stat.rpartition(b")")[2].split()[0]
         except (OSError, IndexError):
             return False
         return state not in (b"T", b"t", b"Z", b"X")
@@ -175,7 +194,17 @@ class Zygote:
             self._proc.wait()
 
 
-_zygotes: dict[tuple[int, int], Zygote] = {}
+ZYGOTES = min(2, os.cpu_count() or 1)
+"""Zygotes per thread at most: clones run in parallel on that many cores.
+
+The second one starts only when a request finds the first busy with
+:data:`BACKLOG` requests waiting.
+"""
+
+BACKLOG = 4
+"""Requests waiting for the least busy zygote before another one is started."""
+
+_zygotes: dict[tuple[int, int, int], Zygote] = {}  # (pid, thread, slot)
 
 
 def zygote_pids() -> set[int]:
@@ -214,9 +243,9 @@ def _pidfd_of_orphaned_reply(pid: int, flags: int) -> int:
         ) from None
 
 
-def get_zygote() -> Zygote:
-    """Return this thread's zygote, starting it if needed, or anew if it is dead or stopped."""
-    key = (os.getpid(), threading.get_ident())
+def get_zygote(slot: int = 0) -> Zygote:
+    """Return this thread's zygote number *slot*, starting it if needed, or anew if it is dead or stopped."""
+    key = (os.getpid(), threading.get_ident(), slot)
     zygote = _zygotes.get(key)
     # The cheap check here; the full one (stopped?) comes with the request, under the lock.
     if zygote is None or zygote.broken or zygote._proc.poll() is not None:  # noqa: SLF001
@@ -227,12 +256,43 @@ def get_zygote() -> Zygote:
     return zygote
 
 
+def _pick() -> int:
+    """The slot of the zygote the next request goes to.
+
+    An idle zygote first, in slot order.  With every one busy, a zygote not
+    started yet, but only once :data:`BACKLOG` requests wait for the least
+    busy one: a program that spawns a few children at a time keeps one
+    zygote (and its memory).  Otherwise the zygote with the fewest requests
+    waiting.  A zygote found exited is reaped here and its slot is free.
+    """
+    here = (os.getpid(), threading.get_ident())
+    waiting = []
+    free = None
+    for slot in range(ZYGOTES):
+        zygote = _zygotes.get((*here, slot))
+        if zygote is not None and (zygote.broken or zygote._proc.poll() is not None):  # noqa: SLF001
+            del _zygotes[(*here, slot)]
+            zygote.close()
+            zygote = None
+        if zygote is None:
+            free = slot if free is None else free
+            continue
+        lock = zygote._lock  # noqa: SLF001 - same module
+        if not lock.locked():
+            return slot
+        waiting.append((lock.statistics().tasks_waiting, slot))
+    if free is not None and (not waiting or min(waiting)[0] >= BACKLOG):
+        return free
+    return min(waiting)[1]
+
+
 async def clone(request: dict[str, Any], fds: list[int]) -> tuple[int, int, str, int]:
-    """Ask this thread's zygote to clone; a zygote found gone is replaced and asked again once."""
+    """Ask one of this thread's zygotes to clone; a zygote found gone is replaced and asked again once."""
+    slot = _pick()
     try:
-        return await get_zygote().clone(request, fds)
+        return await get_zygote(slot).clone(request, fds)
     except ZygoteGoneError:
-        return await get_zygote().clone(request, fds)
+        return await get_zygote(slot).clone(request, fds)
 
 
 @atexit.register

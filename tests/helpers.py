@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -38,6 +39,17 @@ async def open_nsup_run(
         stderr=subprocess.PIPE,
         **kwargs,
     )
+
+
+async def kill_and_wait(pid: int) -> None:
+    """SIGKILL *pid* (a zygote, say) and return once it has died (its pidfd is readable)."""
+    fd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        with trio.fail_after(10):
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
 
 
 async def read_all(stream: trio.abc.ReceiveStream | None) -> bytes:

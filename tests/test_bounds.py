@@ -546,3 +546,26 @@ async def test_pidfds_are_close_on_exec():
         assert fcntl.fcntl(proc.pidfd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
         proc.kill()
         await proc.wait()
+
+
+def test_a_drop_notice_that_writes_a_line_of_its_own_outside_trio():
+    # nsup run's own log, once trio has ended: on_drop puts a notice and writes it at once
+    # (re-entering put), then the line that fitted again is written.  The notice drained the
+    # source's queue under the outer put, which then queued into a forgotten one: KeyError.
+    r, w = os.pipe()
+    try:
+        writer = FdWriter(w, queue_bytes=16)
+
+        def notice(source: str, n: int) -> None:
+            writer.put(source, b"dropped %d\n" % n)
+            writer.write_now()
+
+        writer.on_drop = notice
+        assert not writer.put("nsup", b"x" * 32 + b"\n")  # too long: counted as dropped
+        assert writer.put("nsup", b"hello\n")
+        writer.write_now()
+        writer.close()
+        assert os.read(r, 1024) == b"dropped 1\nhello\n"
+    finally:
+        os.close(r)
+        os.close(w)

@@ -20,7 +20,7 @@ import pytest
 import test_cmd_run as cmd_run
 import trio
 import trio.lowlevel
-from helpers import NSUP, open_nsup_run, read_line
+from helpers import NSUP, kill_and_wait, open_nsup_run, read_line
 from test_rootless import SYSTEM_PYTHON, public_path, run_as_nobody  # noqa: F401 - a fixture
 from test_supervisor import Recorder as Events
 
@@ -302,13 +302,7 @@ async def _run_true() -> nsup.ExitStatus:
 async def test_a_killed_zygote_is_replaced_without_failing_the_spawn():
     assert await _run_true() == nsup.ExitStatus(code=0)
     old = _zygote_client.get_zygote()
-    fd = os.pidfd_open(old.pid)
-    try:
-        os.kill(old.pid, signal.SIGKILL)
-        with trio.fail_after(10):
-            await trio.lowlevel.wait_readable(fd)
-    finally:
-        os.close(fd)
+    await kill_and_wait(old.pid)
     with trio.fail_after(20):
         assert await _run_true() == nsup.ExitStatus(code=0)
     assert _zygote_client.get_zygote() is not old

@@ -27,8 +27,10 @@ async def test_init_and_zygote_show_short_names(namespaces):
     spec = nsup.ProcessSpec(argv=["sleep", "30"], namespaces=namespaces)
     async with nsup.spawn(spec) as proc:
         assert _shown(proc.pid) == ("nsup-init", "nsup-init: sleep")
-        (zygote,) = _zygote_client.zygote_pids()
-        assert _shown(zygote) == ("nsup-zygote", "nsup-zygote")
+        zygotes = _zygote_client.zygote_pids()  # a second one after concurrent spawns
+        assert zygotes
+        for zygote in zygotes:
+            assert _shown(zygote) == ("nsup-zygote", "nsup-zygote")
         proc.kill()
 
 

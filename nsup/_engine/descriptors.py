@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BASE", "IN_FLIGHT", "descriptors_needed", "raise_nofile"]
 
-BASE = 64  # nsup's own: stdio, the control socket, epoll, the zygote's socket, imports
+BASE = 64  # nsup's own: stdio, the control socket, epoll, the zygotes' sockets, imports
 IN_FLIGHT = 8  # held by one spawn in flight: pipes, the cgroup, the request's copies
 NR_OPEN = "/proc/sys/fs/nr_open"
 

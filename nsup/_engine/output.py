@@ -231,6 +231,11 @@ class FdWriter:
             dropped, queue.dropped = queue.dropped, 0
             if self.on_drop is not None:
                 self.on_drop(source, dropped)
+                if self.closed:
+                    return False
+                # The notice may have put (and written) lines of this source itself,
+                # replacing or removing its queue: go on with the current one.
+                queue = self._queues.setdefault(source, _Queue())
         if not queue.lines:
             self._ready.append(source)
         queue.lines.append(data)
