@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -515,3 +516,17 @@ async def test_ignored_signals_are_not_inherited():
         signal.signal(signal.SIGHUP, previous)
     assert status.success
     assert int(out.split()[1], 16) & (1 << (signal.SIGHUP - 1)) == 0
+
+
+def test_an_einval_of_another_cause_keeps_clone_clear_sighand(monkeypatch):
+    # CLONE_NEWUSER with CLONE_FS is EINVAL on every kernel, with CLONE_CLEAR_SIGHAND or
+    # without: the fallback for Linux < 5.5 must not take it for a kernel lacking the flag.
+    from nsup._clone import clone, syscalls  # noqa: PLC0415 - the spawn zone, in this process
+    from nsup._clone.namespaces import CLONE_FLAGS  # noqa: PLC0415
+
+    monkeypatch.setattr(clone._Kernel, "clear_sighand", syscalls.CLONE_CLEAR_SIGHAND)
+    clone_fs = 0x200
+    request = {"flags": CLONE_FLAGS["user"] | clone_fs, "cgroup": -1}
+    (pid, error, _message), pidfd = clone.spawn_child(request, [], -1, 0)
+    assert (0, errno.EINVAL, -1) == (pid, error, pidfd)
+    assert syscalls.CLONE_CLEAR_SIGHAND == clone._Kernel.clear_sighand

@@ -45,13 +45,15 @@ def spawn_child(
     """Clone one child for *req* with the *extra* clone flags; return ``((pid, errno, message), pidfd)``.
 
     ``CLONE_CLEAR_SIGHAND`` is added (the child starts with default handlers)
-    where the kernel has it: on the first EINVAL the clone is tried again
-    without it, and it is left out from then on.
+    where the kernel has it: on EINVAL the clone is tried again without it,
+    and when that one works the flag is left out from then on (an EINVAL for
+    another reason keeps it).
     """
     reply, pidfd = _spawn(req, fds, supervisor_pidfd, extra | _Kernel.clear_sighand)
     if reply[0] == 0 and reply[1] == _EINVAL and _Kernel.clear_sighand:
-        _Kernel.clear_sighand = 0
         reply, pidfd = _spawn(req, fds, supervisor_pidfd, extra)
+        if reply[0] != 0:  # cloned without the flag: the EINVAL was the flag's (Linux < 5.5)
+            _Kernel.clear_sighand = 0
     return reply, pidfd
 
 
