@@ -175,8 +175,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._stopping = False
         self._group_busy = False
         self._instances: dict[str, ServiceInstance] = {}
-        self._pumps = 0  # output pipes still being read
-        self._pumps_of: collections.Counter[str] = collections.Counter()  # the same, by instance
+        # Output pipes still being read, by instance (an instance with none is no key).
+        self._pumps_of: collections.Counter[str] = collections.Counter()
         self._pumps_changed = trio.Event()
         self._runners_changed = trio.Event()
         self._reload_lock = trio.Lock()
@@ -284,7 +284,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         OUTPUT_DRAIN seconds at most.
         """
         with trio.move_on_after(OUTPUT_DRAIN):
-            while self._pumps if names is None else any(n in self._pumps_of for n in names):
+            while self._pumps_of if names is None else any(n in self._pumps_of for n in names):
                 await self._pumps_changed.wait()
 
     async def _stop_group(self, names: list[str]) -> None:
@@ -321,7 +321,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             self._close_sockets(keep=())
             self._done.set()
             self._bus.close()
-            if not self._pumps:  # else the last pump to close ends them (output_closed)
+            if not self._pumps_of:  # else the last pump to close ends them (output_closed)
                 self._taps.close()
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
@@ -351,17 +351,15 @@ class Supervisor(metaclass=NoPublicConstructor):
 
     def _output_opened(self, instance: str) -> None:
         """Count an output pipe of *instance* being read."""
-        self._pumps += 1
         self._pumps_of[instance] += 1
 
     def _output_closed(self, instance: str) -> None:
         """Count an output pipe of *instance* done."""
-        self._pumps -= 1
         self._pumps_of[instance] -= 1
         if not self._pumps_of[instance]:
             del self._pumps_of[instance]
         self._pumps_changed.set()
-        if not self._pumps and self._done.is_set():
+        if not self._pumps_of and self._done.is_set():
             self._taps.close()  # the supervisor finished and every pipe is read to the end
         self._pumps_changed = trio.Event()
 
