@@ -99,14 +99,7 @@ def _rlimits(spec: SpecLike) -> list[tuple[str, int, int, int]]:
     back to what nsup was started with, unless the spec sets it.
     """
     own = [(name, RLIMITS[name], value, value) for name, value in spec.limits.rlimits.items()]
-    numbers = {number for _name, number, _soft, _hard in own}
-    names = {number: name for name, number in RLIMITS.items()}
-    restored = [
-        (names[number], number, soft, hard)
-        for number, (soft, hard) in found().items()
-        if number not in numbers
-    ]
-    return own + restored
+    return own + [limit for limit in found() if limit[0] not in spec.limits.rlimits]
 
 
 def has_init(spec: SpecLike, join: JoinLike | None) -> bool:

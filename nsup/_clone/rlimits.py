@@ -41,8 +41,9 @@ RLIMITS: Mapping[str, int] = MappingProxyType(
     }
 )
 
-# rlimit number -> (soft, hard) as nsup found it, for each rlimit it changed in itself.
-_FOUND: dict[int, tuple[int, int]] = {}
+# (name, number, soft, hard) as nsup found it, by number, for each rlimit it changed in itself.
+_FOUND: dict[int, tuple[str, int, int, int]] = {}
+_NAMES = {number: name for name, number in RLIMITS.items()}
 
 
 def set_own(number: int, soft: int, hard: int) -> None:
@@ -59,9 +60,9 @@ def set_own(number: int, soft: int, hard: int) -> None:
     """
     before = resource.getrlimit(number)
     resource.setrlimit(number, (soft, hard))
-    _FOUND.setdefault(number, before)
+    _FOUND.setdefault(number, (_NAMES[number], number, *before))
 
 
-def found() -> dict[int, tuple[int, int]]:
-    """Each rlimit nsup changed in its own process -> (soft, hard) as nsup found it."""
-    return dict(_FOUND)
+def found() -> list[tuple[str, int, int, int]]:
+    """``(name, number, soft, hard)`` as nsup found it, for each rlimit it changed in itself."""
+    return list(_FOUND.values())
